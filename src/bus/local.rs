@@ -1,0 +1,70 @@
+//! The in-process bus: one instance, no broker. Events go straight to this
+//! instance's handler, in order, through a bounded channel.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusError, BusState, EventHandler};
+use crate::call::CallEvent;
+use crate::metrics as m;
+
+/// Events waiting for the handler before publishers are told to wait.
+const CAPACITY: usize = 4096;
+
+pub struct LocalBus {
+    tx: mpsc::Sender<CallEvent>,
+    stop: CancellationToken,
+}
+
+impl LocalBus {
+    pub fn start(handler: Arc<dyn EventHandler>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<CallEvent>(CAPACITY);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    ev = rx.recv() => match ev { Some(ev) => ev, None => break },
+                };
+                m::consumed();
+                if !event.is_live(Utc::now()) {
+                    m::expired_before_delivery();
+                    continue;
+                }
+                if let Err(e) = handler.handle(event).await {
+                    tracing::warn!(error = %e, "local bus handler failed");
+                }
+            }
+        });
+        LocalBus { tx, stop }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
+        self.tx
+            .send(event.clone())
+            .await
+            .map_err(|_| BusError::Unavailable("local bus stopped".into()))?;
+        m::published();
+        Ok(())
+    }
+
+    fn state(&self) -> BusState {
+        if self.tx.is_closed() {
+            BusState::Reconnecting
+        } else {
+            BusState::Up
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}

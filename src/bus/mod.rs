@@ -1,0 +1,74 @@
+//! The bus that carries call events between instances: one contract, an
+//! in-process implementation for a single instance, and RabbitMQ for many.
+
+pub mod amqp;
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::call::CallEvent;
+
+/// How the bus link stands, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusState {
+    Up,
+    Reconnecting,
+}
+
+impl BusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusState::Up => "up",
+            BusState::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker is not reachable now; the event waits in the outbox.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The broker did not confirm the message in time or refused it.
+    #[error("publish not confirmed: {0}")]
+    NotConfirmed(String),
+}
+
+/// What became of an event handed to this instance's tablets.
+pub enum Handled {
+    /// Nothing here waits for an acknowledgement.
+    Done,
+    /// A tablet here shows the popup; resolves on its first ACK.
+    AwaitingAck(oneshot::Receiver<()>),
+}
+
+/// The failure of one attempt to hand an event over (it may be retried).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandleError(pub String);
+
+/// Receives every event the bus delivers to this instance.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError>;
+}
+
+/// Publishes call events to every instance, and delivers every instance's
+/// events to this one's handler.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes an event. `Ok` means every instance will see it (for
+    /// RabbitMQ: the broker confirmed it). On error the event is kept and
+    /// published later while it is still inside its TTL.
+    async fn publish(&self, event: &CallEvent) -> Result<(), BusError>;
+
+    fn state(&self) -> BusState;
+
+    /// Stops consuming and leaves the broker cleanly.
+    async fn shutdown(&self);
+}
+
+pub type SharedBus = Arc<dyn Bus>;

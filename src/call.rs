@@ -1,0 +1,268 @@
+//! The call event that flows from the webhook to tablets: its JSON shape,
+//! its status, and its expiry.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a call stands, derived from which times the CDR carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallStatus {
+    Ringing,
+    Answered,
+    Missed,
+    Completed,
+}
+
+impl CallStatus {
+    pub const ALL: [CallStatus; 4] = [
+        CallStatus::Ringing,
+        CallStatus::Answered,
+        CallStatus::Missed,
+        CallStatus::Completed,
+    ];
+
+    /// Statuses only move forward: an update with a lower rank is ignored.
+    /// `missed` and `completed` both end a call and share the top rank.
+    pub fn rank(self) -> i32 {
+        match self {
+            CallStatus::Ringing => 0,
+            CallStatus::Answered => 1,
+            CallStatus::Missed | CallStatus::Completed => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Ringing => "ringing",
+            CallStatus::Answered => "answered",
+            CallStatus::Missed => "missed",
+            CallStatus::Completed => "completed",
+        }
+    }
+
+    /// SPEC section 2: which of answer and end times are present.
+    pub fn derive(answered: bool, ended: bool) -> Self {
+        match (answered, ended) {
+            (false, false) => CallStatus::Ringing,
+            (true, false) => CallStatus::Answered,
+            (true, true) => CallStatus::Completed,
+            (false, true) => CallStatus::Missed,
+        }
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CallStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CallStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("expected ringing, answered, missed or completed, got {s:?}"))
+    }
+}
+
+/// The bus payload and the STOMP MESSAGE body (SPEC section 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CallEvent {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub call_id: String,
+    pub store: String,
+    pub status: CallStatus,
+    pub caller_number: String,
+    pub virtual_number: Option<String>,
+    #[serde(with = "kst")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "kst_opt")]
+    pub answered_at: Option<DateTime<Utc>>,
+    #[serde(with = "kst_opt")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(with = "utc_millis")]
+    pub published_at: DateTime<Utc>,
+    #[serde(with = "utc_millis")]
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Call,
+}
+
+impl CallEvent {
+    /// Whether a popup for this event may still be shown at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at
+    }
+
+    /// Time left before expiry, zero when already expired.
+    pub fn time_left(&self, now: DateTime<Utc>) -> std::time::Duration {
+        (self.expires_at - now).to_std().unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and times cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a bus payload; anything else is a poison message.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let ev: CallEvent =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a call event: {e}"))?;
+        if ev.call_id.is_empty() || ev.store.is_empty() {
+            return Err("not a call event: empty callId or store".into());
+        }
+        if ev.expires_at < ev.published_at {
+            return Err("not a call event: expiresAt before publishedAt".into());
+        }
+        Ok(ev)
+    }
+}
+
+/// Korea Standard Time, the provider's clock (UTC+9, no daylight saving).
+pub fn kst_offset() -> FixedOffset {
+    FixedOffset::east_opt(9 * 3600).expect("UTC+9 is a valid offset")
+}
+
+pub fn to_kst_string(t: DateTime<Utc>) -> String {
+    t.with_timezone(&kst_offset())
+        .to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+pub fn to_utc_millis_string(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+mod kst {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_kst_string(*t))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod kst_opt {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&to_kst_string(*t)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => DateTime::parse_from_rfc3339(&text)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod utc_millis {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_utc_millis_string(*t))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A caller's number as it may appear in logs: only the last four digits.
+pub fn mask_number(number: &str) -> String {
+    let digits: Vec<char> = number.chars().filter(|c| c.is_ascii_digit()).collect();
+    let keep = digits.len().min(4);
+    let hidden = digits.len() - keep;
+    let mut out = "*".repeat(hidden);
+    out.extend(&digits[hidden..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn sample() -> CallEvent {
+        let published = Utc.with_ymd_and_hms(2026, 11, 22, 1, 15, 0).unwrap()
+            + chrono::Duration::milliseconds(123);
+        CallEvent {
+            kind: EventKind::Call,
+            call_id: "abc".into(),
+            store: "gangnam".into(),
+            status: CallStatus::Ringing,
+            caller_number: "01012345678".into(),
+            virtual_number: Some("05012345678".into()),
+            started_at: Utc.with_ymd_and_hms(2026, 11, 22, 1, 15, 0).unwrap(),
+            answered_at: None,
+            ended_at: None,
+            published_at: published,
+            expires_at: published + chrono::Duration::seconds(30),
+        }
+    }
+
+    #[test]
+    fn json_matches_the_spec_shape() {
+        let json: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        assert_eq!(json["type"], "call");
+        assert_eq!(json["callId"], "abc");
+        assert_eq!(json["status"], "ringing");
+        assert_eq!(json["startedAt"], "2026-11-22T10:15:00+09:00");
+        assert_eq!(json["answeredAt"], serde_json::Value::Null);
+        assert_eq!(json["publishedAt"], "2026-11-22T01:15:00.123Z");
+        assert_eq!(json["expiresAt"], "2026-11-22T01:15:30.123Z");
+    }
+
+    #[test]
+    fn round_trips_and_rejects_poison() {
+        let ev = sample();
+        assert_eq!(CallEvent::from_json(ev.to_json().as_bytes()).unwrap(), ev);
+        assert!(CallEvent::from_json(b"{}").is_err());
+        assert!(CallEvent::from_json(b"\xff\x00").is_err());
+        assert!(CallEvent::from_json(b"{\"type\":\"call\"}").is_err());
+    }
+
+    #[test]
+    fn status_is_derived_and_ranked() {
+        assert_eq!(CallStatus::derive(false, false), CallStatus::Ringing);
+        assert_eq!(CallStatus::derive(true, false), CallStatus::Answered);
+        assert_eq!(CallStatus::derive(true, true), CallStatus::Completed);
+        assert_eq!(CallStatus::derive(false, true), CallStatus::Missed);
+        assert!(CallStatus::Completed.rank() > CallStatus::Ringing.rank());
+        assert_eq!("missed".parse::<CallStatus>().unwrap(), CallStatus::Missed);
+        assert!("gone".parse::<CallStatus>().is_err());
+    }
+
+    #[test]
+    fn masks_keep_last_four_digits() {
+        assert_eq!(mask_number("010-1234-5678"), "*******5678");
+        assert_eq!(mask_number("12"), "12");
+        assert_eq!(mask_number(""), "");
+    }
+}

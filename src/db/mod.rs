@@ -1,0 +1,559 @@
+//! Storage: stores, tablet tokens, calls and reservations, on SQLite (the
+//! embedded default) or PostgreSQL. Both run the same SQL; each has its own
+//! migrations. Times are stored as milliseconds since the epoch (UTC).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::call::CallStatus;
+use crate::cdr::Cdr;
+use crate::token;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a request waits for a database connection before it is answered
+/// `503` (the provider then retries).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection pool to one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same expression against whichever pool this is.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A request the caller can correct (duplicate slug, unknown store…).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// A registered store and its numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    pub slug: String,
+    pub name: String,
+    pub numbers: Vec<String>,
+}
+
+/// A tablet token as listed (never the token itself).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenInfo {
+    pub id: String,
+    pub store: String,
+    pub label: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A stored call, as the call list serves it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CallRow {
+    pub seq: String,
+    pub store: String,
+    pub status: String,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub caller: String,
+    pub virtual_number: Option<String>,
+    pub updated_at: i64,
+    pub acknowledged_at: Option<i64>,
+    pub acknowledged_by: Option<String>,
+}
+
+impl CallRow {
+    pub fn status(&self) -> CallStatus {
+        self.status.parse().unwrap_or(CallStatus::Ringing)
+    }
+}
+
+/// What storing a CDR did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A new call, or an update that moved it on: publish it.
+    Changed(CallRow),
+    /// The same record again, or an update that would move the status back.
+    Unchanged,
+}
+
+/// A reservation as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Reservation {
+    pub id: i64,
+    pub store: String,
+    pub call_id: Option<String>,
+    pub customer_number: String,
+    pub car_number: Option<String>,
+    pub car_model: Option<String>,
+    pub service: Option<String>,
+    pub reserved_at: i64,
+    pub memo: Option<String>,
+    pub created_at: i64,
+}
+
+/// The fields of a new reservation.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub call_id: Option<String>,
+    pub customer_number: String,
+    pub car_number: Option<String>,
+    pub car_model: Option<String>,
+    pub service: Option<String>,
+    pub reserved_at: DateTime<Utc>,
+    pub memo: Option<String>,
+}
+
+pub fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+const CALL_COLUMNS: &str = "seq, store, status, started_at, answered_at, ended_at, caller, \
+     virtual_number, updated_at, acknowledged_at, acknowledged_by";
+
+impl Db {
+    /// Opens a pool for `url` (`sqlite:` creates the file when missing).
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: an `OK` to the provider survives a power cut.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(ACQUIRE_TIMEOUT)
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await?;
+            Ok(Db::Postgres(pool))
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        let run = async {
+            on_pool!(self, pool => sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await)
+        };
+        matches!(tokio::time::timeout(ACQUIRE_TIMEOUT, run).await, Ok(Ok(1)))
+    }
+
+    // ---- stores -------------------------------------------------------
+
+    pub async fn store_add(&self, slug: &str, name: &str, numbers: &[String]) -> Result<()> {
+        let now = millis(Utc::now());
+        let res: Result<(), sqlx::Error> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO stores (slug, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(slug)
+            .bind(name)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            for number in numbers {
+                sqlx::query("INSERT INTO store_numbers (number, store_id) VALUES ($1, $2)")
+                    .bind(number)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        });
+        match res {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let taken = self.number_owners(numbers).await?;
+                if let Some((number, owner)) = taken.into_iter().next() {
+                    Err(DbError::Invalid(format!(
+                        "number {number} is already registered to store {owner}"
+                    )))
+                } else {
+                    Err(DbError::Invalid(format!("store {slug} already exists")))
+                }
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn number_owners(&self, numbers: &[String]) -> Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        for number in numbers {
+            let owner: Option<String> = on_pool!(self, pool => sqlx::query_scalar(
+                "SELECT s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id WHERE n.number = $1",
+            )
+            .bind(number)
+            .fetch_optional(pool)
+            .await)?;
+            if let Some(owner) = owner {
+                found.push((number.clone(), owner));
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn store_list(&self) -> Result<Vec<Store>> {
+        let rows: Vec<(String, String, Option<String>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT s.slug, s.name, n.number FROM stores s \
+             LEFT JOIN store_numbers n ON n.store_id = s.id ORDER BY s.slug, n.number",
+        )
+        .fetch_all(pool)
+        .await)?;
+        let mut stores: Vec<Store> = Vec::new();
+        for (slug, name, number) in rows {
+            if stores.last().map(|s| s.slug != slug).unwrap_or(true) {
+                stores.push(Store {
+                    slug,
+                    name,
+                    numbers: Vec::new(),
+                });
+            }
+            if let (Some(number), Some(store)) = (number, stores.last_mut()) {
+                store.numbers.push(number);
+            }
+        }
+        Ok(stores)
+    }
+
+    pub async fn store_exists(&self, slug: &str) -> Result<bool> {
+        let n: i64 = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM stores WHERE slug = $1",
+        )
+        .bind(slug)
+        .fetch_one(pool)
+        .await)?;
+        Ok(n > 0)
+    }
+
+    /// Removes a store, its numbers and its tokens. Its calls stay.
+    pub async fn store_remove(&self, slug: &str) -> Result<bool> {
+        let res: Result<u64, sqlx::Error> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM tokens WHERE store_id IN (SELECT id FROM stores WHERE slug = $1)")
+                .bind(slug).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM store_numbers WHERE store_id IN (SELECT id FROM stores WHERE slug = $1)")
+                .bind(slug).execute(&mut *tx).await?;
+            let n = sqlx::query("DELETE FROM stores WHERE slug = $1")
+                .bind(slug).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        });
+        Ok(res? > 0)
+    }
+
+    /// The store owning a call: the one that registered `vn`, else `ton`.
+    pub async fn store_for_call(&self, vn: Option<&str>, ton: &str) -> Result<Option<String>> {
+        for number in vn.into_iter().chain(std::iter::once(ton)) {
+            let slug: Option<String> = on_pool!(self, pool => sqlx::query_scalar(
+                "SELECT s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id WHERE n.number = $1",
+            )
+            .bind(number)
+            .fetch_optional(pool)
+            .await)?;
+            if slug.is_some() {
+                return Ok(slug);
+            }
+        }
+        Ok(None)
+    }
+
+    // ---- tokens -------------------------------------------------------
+
+    /// Issues a new tablet token; returns its id and the token, which is
+    /// stored only as a hash.
+    pub async fn token_issue(&self, slug: &str, label: &str) -> Result<(String, String)> {
+        let store_id: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT id FROM stores WHERE slug = $1",
+        )
+        .bind(slug)
+        .fetch_optional(pool)
+        .await)?;
+        let store_id = store_id.ok_or_else(|| DbError::Invalid(format!("no store {slug}")))?;
+        let issued = token::Issued::generate();
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO tokens (id, store_id, label, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&issued.id)
+        .bind(store_id)
+        .bind(label)
+        .bind(token::hash(&issued.token))
+        .bind(millis(Utc::now()))
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok((issued.id, issued.token))
+    }
+
+    pub async fn token_list(&self, slug: &str) -> Result<Vec<TokenInfo>> {
+        if !self.store_exists(slug).await? {
+            return Err(DbError::Invalid(format!("no store {slug}")));
+        }
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, TokenInfo>(
+            "SELECT t.id, s.slug AS store, t.label, t.created_at, t.revoked_at \
+             FROM tokens t JOIN stores s ON s.id = t.store_id WHERE s.slug = $1 ORDER BY t.created_at, t.id",
+        )
+        .bind(slug)
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    pub async fn token_revoke(&self, id: &str) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(millis(Utc::now()))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// The live (unrevoked) token matching `presented`, if any. The lookup is
+    /// by hash, and the hashes are compared again in constant time.
+    pub async fn token_verify(&self, presented: &str) -> Result<Option<TokenInfo>> {
+        if !token::looks_valid(presented) {
+            return Ok(None);
+        }
+        let hash = token::hash(presented);
+        let row: Option<(TokenInfo, String)> = on_pool!(self, pool => sqlx::query_as::<_, (String, String, String, i64, Option<i64>, String)>(
+            "SELECT t.id, s.slug, t.label, t.created_at, t.revoked_at, t.hash \
+             FROM tokens t JOIN stores s ON s.id = t.store_id WHERE t.hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(pool)
+        .await)?
+        .map(|(id, store, label, created_at, revoked_at, stored)| {
+            (TokenInfo { id, store, label, created_at, revoked_at }, stored)
+        });
+        Ok(row.and_then(|(info, stored)| {
+            (token::hashes_equal(&stored, &hash) && info.revoked_at.is_none()).then_some(info)
+        }))
+    }
+
+    /// Ids of tokens that are revoked (or whose store is gone) among `ids`.
+    pub async fn tokens_not_live(&self, ids: &[String]) -> Result<Vec<String>> {
+        let mut dead = Vec::new();
+        for id in ids {
+            let live: i64 = on_pool!(self, pool => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tokens WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await)?;
+            if live == 0 {
+                dead.push(id.clone());
+            }
+        }
+        Ok(dead)
+    }
+
+    // ---- calls --------------------------------------------------------
+
+    /// Stores a CDR idempotently by `seq`. A repeat with the same fields
+    /// changes nothing; new fields update the row unless the status would
+    /// move backwards. Returns the row when something changed.
+    pub async fn upsert_call(&self, cdr: &Cdr, store: Option<&str>) -> Result<Stored> {
+        let now = millis(Utc::now());
+        let status = cdr.status();
+        let extras = serde_json::to_string(
+            &cdr.extras
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .unwrap_or_else(|_| "{}".into());
+        let sql = format!(
+            "INSERT INTO calls (seq, store, status, status_rank, started_at, answered_at, ended_at, \
+                caller, virtual_number, destination, extras, fingerprint, received_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+             ON CONFLICT (seq) DO UPDATE SET store = excluded.store, status = excluded.status, \
+                status_rank = excluded.status_rank, started_at = excluded.started_at, \
+                answered_at = excluded.answered_at, ended_at = excluded.ended_at, \
+                caller = excluded.caller, virtual_number = excluded.virtual_number, \
+                destination = excluded.destination, extras = excluded.extras, \
+                fingerprint = excluded.fingerprint, updated_at = excluded.updated_at \
+             WHERE calls.fingerprint <> excluded.fingerprint \
+                AND calls.status_rank <= excluded.status_rank \
+             RETURNING {CALL_COLUMNS}"
+        );
+        let row: Option<CallRow> = on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+            .bind(&cdr.seq)
+            .bind(store.unwrap_or(""))
+            .bind(status.as_str())
+            .bind(i64::from(status.rank()))
+            .bind(millis(cdr.started_at))
+            .bind(cdr.answered_at.map(millis))
+            .bind(cdr.ended_at.map(millis))
+            .bind(&cdr.caller)
+            .bind(cdr.virtual_number.as_deref())
+            .bind(&cdr.destination)
+            .bind(&extras)
+            .bind(cdr.fingerprint())
+            .bind(now)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map_or(Stored::Unchanged, Stored::Changed))
+    }
+
+    pub async fn call(&self, seq: &str) -> Result<Option<CallRow>> {
+        let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE seq = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+            .bind(seq)
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// A store's calls, newest first, started at or after `since`.
+    pub async fn calls_for_store(
+        &self,
+        store: &str,
+        since: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<CallRow>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE store = $1 AND started_at >= $2 \
+             ORDER BY started_at DESC, seq DESC LIMIT $3"
+        );
+        let since = since.map(millis).unwrap_or(i64::MIN);
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+            .bind(store)
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?)
+    }
+
+    /// Marks a call acknowledged by a tablet; only the first ACK counts.
+    /// Returns whether this was the first.
+    pub async fn acknowledge_call(&self, seq: &str, store: &str, tablet: &str) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE calls SET acknowledged_at = $1, acknowledged_by = $2 \
+             WHERE seq = $3 AND store = $4 AND acknowledged_at IS NULL",
+        )
+        .bind(millis(Utc::now()))
+        .bind(tablet)
+        .bind(seq)
+        .bind(store)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// Deletes calls received before `cutoff`; returns how many.
+    pub async fn delete_calls_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        Ok(
+            on_pool!(self, pool => sqlx::query("DELETE FROM calls WHERE received_at < $1")
+            .bind(millis(cutoff))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?,
+        )
+    }
+
+    pub async fn count_calls(&self) -> Result<i64> {
+        Ok(
+            on_pool!(self, pool => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM calls")
+            .fetch_one(pool)
+            .await)?,
+        )
+    }
+
+    // ---- reservations -------------------------------------------------
+
+    pub async fn reservation_add(&self, store: &str, r: &NewReservation) -> Result<Reservation> {
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, Reservation>(
+            "INSERT INTO reservations (store, call_id, customer_number, car_number, car_model, \
+                service, reserved_at, memo, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             RETURNING id, store, call_id, customer_number, car_number, car_model, service, \
+                reserved_at, memo, created_at",
+        )
+        .bind(store)
+        .bind(r.call_id.as_deref())
+        .bind(&r.customer_number)
+        .bind(r.car_number.as_deref())
+        .bind(r.car_model.as_deref())
+        .bind(r.service.as_deref())
+        .bind(millis(r.reserved_at))
+        .bind(r.memo.as_deref())
+        .bind(millis(Utc::now()))
+        .fetch_one(pool)
+        .await)?)
+    }
+
+    /// A store's reservations whose time falls in `[from, to)`.
+    pub async fn reservations_between(
+        &self,
+        store: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Reservation>> {
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, Reservation>(
+            "SELECT id, store, call_id, customer_number, car_number, car_model, service, \
+                reserved_at, memo, created_at FROM reservations \
+             WHERE store = $1 AND reserved_at >= $2 AND reserved_at < $3 ORDER BY reserved_at, id",
+        )
+        .bind(store)
+        .bind(millis(from))
+        .bind(millis(to))
+        .fetch_all(pool)
+        .await)?)
+    }
+}

@@ -1,0 +1,38 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::server::App;
+
+/// 200 while the process runs.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// 200 when this instance can take CDRs (the database answers). A broker
+/// that is down does not make the instance unready: CDRs are still stored.
+pub async fn readyz(State(app): State<App>) -> Response {
+    let db_up = app.db.ping().await;
+    let body = serde_json::json!({
+        "database": if db_up { "up" } else { "down" },
+        "bus": app.bus.state().as_str(),
+        "draining": app.shutdown.is_cancelled(),
+    });
+    let status = if db_up && !app.shutdown.is_cancelled() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

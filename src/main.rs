@@ -1,0 +1,345 @@
+//! The `bizcall` command line: parse, load the configuration, call into the
+//! library. Everything meant for people goes to standard error; standard
+//! output carries only what scripts capture (a new token, a call's id).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use bizcall::call::CallStatus;
+use bizcall::cdr::normalize_number;
+use bizcall::config::Config;
+use bizcall::db::{from_millis, Db};
+
+#[derive(Parser)]
+#[command(
+    name = "bizcall",
+    version,
+    about = "Phone calls to a store's 050 number, as popups on its tablets"
+)]
+struct Cli {
+    /// Configuration file (default: bizcall.toml in the working directory, when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an instance.
+    Serve,
+    /// Apply database migrations (serve does too).
+    Migrate,
+    /// Register, list and remove stores.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Issue, list and revoke tablet tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Send a made-up call to a running server.
+    #[command(subcommand)]
+    Call(CallCommand),
+    /// Inspect, replay or purge the RabbitMQ dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Register a store and the numbers that identify its calls.
+    Add {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// A 050 virtual number or the store's real number; repeat for several.
+        #[arg(long = "number", required = true)]
+        numbers: Vec<String>,
+    },
+    /// List stores and their numbers.
+    List,
+    /// Remove a store, its numbers and its tokens (its calls stay).
+    Remove { slug: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a tablet token; prints it once, alone, on standard output.
+    Issue {
+        slug: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List a store's tokens (ids and labels, never the tokens).
+    List { slug: String },
+    /// Revoke a token by id; its tablets are disconnected.
+    Revoke { token_id: String },
+}
+
+#[derive(Subcommand)]
+enum CallCommand {
+    /// Post a provider-shaped CDR to a running server.
+    Simulate {
+        /// The number dialled (the store's 050 number).
+        #[arg(long)]
+        to: String,
+        /// The caller's number.
+        #[arg(long)]
+        from: String,
+        /// Server base URL (default: http://<server.listen>).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value = "ringing")]
+        status: CallStatus,
+        /// Id of an earlier simulated call, to update it.
+        #[arg(long)]
+        seq: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show each dead message: call id, store, reason and time.
+    List,
+    /// Publish every dead message to the exchange again, with a fresh TTL.
+    Replay,
+    /// Empty the dead-letter queue.
+    Purge,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line saying what was wrong.
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad arguments");
+            eprintln!("{line} (see bizcall --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(matches!(cli.command, Command::Serve));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = open(&config).await?;
+            db.migrate().await?;
+            eprintln!("migrations applied ({})", db.kind());
+            Ok(())
+        }
+        Command::Store(cmd) => store(config, cmd).await,
+        Command::Token(cmd) => token(config, cmd).await,
+        Command::Call(CallCommand::Simulate {
+            to,
+            from,
+            server,
+            status,
+            seq,
+        }) => {
+            let base = server.unwrap_or_else(|| format!("http://{}", config.server.listen));
+            let sim = bizcall::simulate::Simulation {
+                url: format!("{}{}", base.trim_end_matches('/'), config.webhook.path),
+                to,
+                from,
+                status,
+                seq,
+                key: (!config.webhook.key.is_empty()).then(|| config.webhook.key.clone()),
+            };
+            let answer = sim.send().await?;
+            if answer.status != 200 {
+                anyhow::bail!("server answered {}: {}", answer.status, answer.body.trim());
+            }
+            eprintln!(
+                "call {} ({status}) sent to {}: {}",
+                answer.seq,
+                sim.url,
+                answer.body.trim()
+            );
+            println!("{}", answer.seq);
+            Ok(())
+        }
+        Command::Dlq(cmd) => dlq(config, cmd).await,
+    }
+}
+
+async fn open(config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(&config.database.url).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open database {}: {e}",
+            bizcall::server::redact_url(&config.database.url)
+        )
+    })?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = bizcall::server::start(config).await?;
+    let stop = server.app.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing requests in flight");
+        stop.cancel();
+    });
+    server.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn valid_slug(slug: &str) -> bool {
+    !slug.is_empty()
+        && slug.len() <= 63
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+}
+
+async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
+    let db = open(&config).await?;
+    match cmd {
+        StoreCommand::Add {
+            slug,
+            name,
+            numbers,
+        } => {
+            if !valid_slug(&slug) {
+                anyhow::bail!(
+                    "store slug {slug:?}: expected 1 to 63 of [a-z0-9-], not starting with '-'"
+                );
+            }
+            if name.trim().is_empty() || name.chars().count() > 200 {
+                anyhow::bail!("--name: expected 1 to 200 characters");
+            }
+            let mut digits = Vec::new();
+            for n in &numbers {
+                let d = normalize_number(n).ok_or_else(|| {
+                    anyhow::anyhow!("--number {n:?}: expected 1 to 20 digits ('-' allowed)")
+                })?;
+                if !digits.contains(&d) {
+                    digits.push(d);
+                }
+            }
+            db.store_add(&slug, name.trim(), &digits).await?;
+            eprintln!("store {slug} added with numbers {}", digits.join(", "));
+        }
+        StoreCommand::List => {
+            let stores = db.store_list().await?;
+            if stores.is_empty() {
+                eprintln!(
+                    "no stores yet: bizcall store add <slug> --name <name> --number <number>"
+                );
+            }
+            for s in stores {
+                println!("{}\t{}\t{}", s.slug, s.name, s.numbers.join(","));
+            }
+        }
+        StoreCommand::Remove { slug } => {
+            if !db.store_remove(&slug).await? {
+                anyhow::bail!("no store {slug}");
+            }
+            eprintln!("store {slug} removed (its tokens are revoked; its calls stay)");
+        }
+    }
+    Ok(())
+}
+
+async fn token(config: Config, cmd: TokenCommand) -> anyhow::Result<()> {
+    let db = open(&config).await?;
+    match cmd {
+        TokenCommand::Issue { slug, label } => {
+            if label.chars().count() > 200 {
+                anyhow::bail!("--label: at most 200 characters");
+            }
+            let (id, token) = db.token_issue(&slug, &label).await?;
+            eprintln!("token {id} issued for store {slug}; it is shown only this once");
+            println!("{token}");
+        }
+        TokenCommand::List { slug } => {
+            for t in db.token_list(&slug).await? {
+                let state = match t.revoked_at {
+                    Some(ms) => format!("revoked {}", from_millis(ms).to_rfc3339()),
+                    None => "active".into(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    t.id,
+                    from_millis(t.created_at).to_rfc3339(),
+                    state,
+                    t.label
+                );
+            }
+        }
+        TokenCommand::Revoke { token_id } => {
+            if !db.token_revoke(&token_id).await? {
+                anyhow::bail!("no active token {token_id}");
+            }
+            eprintln!("token {token_id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn dlq(config: Config, cmd: DlqCommand) -> anyhow::Result<()> {
+    let _ = (config, cmd);
+    anyhow::bail!("the dead-letter queue commands need the RabbitMQ bus")
+}

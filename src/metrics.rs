@@ -1,0 +1,151 @@
+//! Prometheus metrics: names live here, so every counter is documented once.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the global recorder once and returns the handle `/metrics` renders.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ],
+                )
+                .and_then(|b| b.install_recorder())
+                .unwrap_or_else(|_| {
+                    // Another recorder is installed (tests in one process):
+                    // render an empty one rather than fail.
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!("bizcall_cdr_received_total", "CDR callbacks by result");
+    describe_counter!("bizcall_calls_total", "calls stored or updated, by status");
+    describe_counter!(
+        "bizcall_calls_unmatched_total",
+        "CDRs that matched no store"
+    );
+    describe_counter!(
+        "bizcall_events_published_total",
+        "call events handed to the bus"
+    );
+    describe_counter!(
+        "bizcall_events_confirmed_total",
+        "call events confirmed by the broker"
+    );
+    describe_counter!(
+        "bizcall_publish_failures_total",
+        "publishes that failed or timed out"
+    );
+    describe_counter!(
+        "bizcall_events_consumed_total",
+        "call events received from the bus"
+    );
+    describe_counter!("bizcall_events_acked_total", "bus messages acknowledged");
+    describe_counter!("bizcall_events_rejected_total", "bus messages rejected");
+    describe_counter!("bizcall_events_retried_total", "handler retries");
+    describe_counter!(
+        "bizcall_events_expired_total",
+        "events expired before delivery"
+    );
+    describe_counter!("bizcall_bus_reconnects_total", "broker reconnections");
+    describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
+    describe_gauge!(
+        "bizcall_tablets_connected",
+        "tablets connected to this instance"
+    );
+    describe_gauge!(
+        "bizcall_stores_with_tablets",
+        "stores with a tablet on this instance"
+    );
+    describe_counter!("bizcall_popups_sent_total", "popups sent to tablets");
+    describe_counter!(
+        "bizcall_popups_acked_total",
+        "popups acknowledged by tablets"
+    );
+    describe_counter!(
+        "bizcall_popups_expired_total",
+        "popups dropped because they expired before sending"
+    );
+    describe_counter!(
+        "bizcall_slow_consumer_disconnects_total",
+        "tablets closed for falling behind"
+    );
+    describe_histogram!(
+        "bizcall_webhook_to_send_seconds",
+        "time from publish to popup sent"
+    );
+    describe_counter!("bizcall_calls_deleted_total", "calls deleted by retention");
+}
+
+pub fn cdr_received(result: &'static str) {
+    counter!("bizcall_cdr_received_total", "result" => result).increment(1);
+}
+pub fn call_stored(status: &'static str) {
+    counter!("bizcall_calls_total", "status" => status).increment(1);
+}
+pub fn call_unmatched() {
+    counter!("bizcall_calls_unmatched_total").increment(1);
+}
+pub fn published() {
+    counter!("bizcall_events_published_total").increment(1);
+}
+pub fn confirmed() {
+    counter!("bizcall_events_confirmed_total").increment(1);
+}
+pub fn publish_failed() {
+    counter!("bizcall_publish_failures_total").increment(1);
+}
+pub fn consumed() {
+    counter!("bizcall_events_consumed_total").increment(1);
+}
+pub fn acked() {
+    counter!("bizcall_events_acked_total").increment(1);
+}
+pub fn rejected(reason: &'static str) {
+    counter!("bizcall_events_rejected_total", "reason" => reason).increment(1);
+}
+pub fn retried() {
+    counter!("bizcall_events_retried_total").increment(1);
+}
+pub fn expired_before_delivery() {
+    counter!("bizcall_events_expired_total").increment(1);
+}
+pub fn reconnected() {
+    counter!("bizcall_bus_reconnects_total").increment(1);
+}
+pub fn bus_connected(up: bool) {
+    gauge!("bizcall_bus_connected").set(if up { 1.0 } else { 0.0 });
+}
+pub fn tablets(connected: usize, stores: usize) {
+    gauge!("bizcall_tablets_connected").set(connected as f64);
+    gauge!("bizcall_stores_with_tablets").set(stores as f64);
+}
+pub fn popup_sent(latency: Duration) {
+    counter!("bizcall_popups_sent_total").increment(1);
+    histogram!("bizcall_webhook_to_send_seconds").record(latency.as_secs_f64());
+}
+pub fn popup_acked() {
+    counter!("bizcall_popups_acked_total").increment(1);
+}
+pub fn popup_expired() {
+    counter!("bizcall_popups_expired_total").increment(1);
+}
+pub fn slow_consumer() {
+    counter!("bizcall_slow_consumer_disconnects_total").increment(1);
+}
+pub fn calls_deleted(n: u64) {
+    counter!("bizcall_calls_deleted_total").increment(n);
+}

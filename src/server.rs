@@ -1,0 +1,162 @@
+//! Wiring: open the database, start the bus and the hub, serve HTTP, run
+//! the retention job, and stop gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::local::LocalBus;
+use crate::bus::{EventHandler, SharedBus};
+use crate::call::{CallEvent, EventKind};
+use crate::config::{BusKind, Config};
+use crate::db::{from_millis, CallRow, Db};
+use crate::hub::Hub;
+
+/// How often the retention job looks for old calls.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub bus: SharedBus,
+    pub hub: Arc<Hub>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the instance starts to stop.
+    pub shutdown: CancellationToken,
+}
+
+/// The call event for a stored call, published now.
+pub fn event_for(row: &CallRow, ttl: Duration) -> CallEvent {
+    let now = Utc::now();
+    CallEvent {
+        kind: EventKind::Call,
+        call_id: row.seq.clone(),
+        store: row.store.clone(),
+        status: row.status(),
+        caller_number: row.caller.clone(),
+        virtual_number: row.virtual_number.clone(),
+        started_at: from_millis(row.started_at),
+        answered_at: row.answered_at.map(from_millis),
+        ended_at: row.ended_at.map(from_millis),
+        published_at: now,
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30)),
+    }
+}
+
+/// A running instance.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: App,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Asks the instance to stop and waits until it has.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.app.shutdown.cancel();
+        self.task.await?
+    }
+
+    /// Waits until the instance stops (after `shutdown` is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+/// Opens the database (running migrations), starts the bus and serves.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let config = Arc::new(config);
+    let db = Db::connect(&config.database.url).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open database {}: {e}",
+            redact_url(&config.database.url)
+        )
+    })?;
+    db.migrate().await?;
+    let metrics = crate::metrics::install();
+    let shutdown = CancellationToken::new();
+    let hub = Arc::new(Hub::new(config.clone(), db.clone()));
+    let handler: Arc<dyn EventHandler> = hub.clone();
+    let bus: SharedBus = match config.bus.kind {
+        BusKind::Local => Arc::new(LocalBus::start(handler)),
+        BusKind::Amqp => crate::bus::amqp::AmqpBus::start(&config, handler).await?,
+    };
+    let app = App {
+        config: config.clone(),
+        db: db.clone(),
+        bus,
+        hub,
+        metrics,
+        shutdown: shutdown.clone(),
+    };
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "bizcall {} listening on http://{addr} (database {}, bus {:?})",
+        env!("CARGO_PKG_VERSION"),
+        db.kind(),
+        config.bus.kind
+    );
+
+    tokio::spawn(retention(app.clone()));
+
+    let router = crate::http::router(app.clone());
+    let served = app.clone();
+    let task = tokio::spawn(async move {
+        let stop = served.shutdown.clone();
+        let result = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+        served.hub.close_all("server restart").await;
+        served.bus.shutdown().await;
+        served.db.close().await;
+        tracing::info!("bizcall stopped");
+        result.map_err(anyhow::Error::from)
+    });
+    Ok(Server { addr, app, task })
+}
+
+/// Deletes calls older than `database.retention_days`, now and hourly.
+async fn retention(app: App) {
+    loop {
+        let days = i64::from(app.config.database.retention_days);
+        let cutoff = Utc::now() - chrono::Duration::days(days);
+        match app.db.delete_calls_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => {
+                crate::metrics::calls_deleted(n);
+                tracing::info!(deleted = n, days, "retention: old calls deleted");
+            }
+            Err(e) => tracing::warn!(error = %e, "retention job failed; will try again"),
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
+}
+
+/// A URL fit for logs: any password replaced.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
