@@ -300,6 +300,7 @@ pub mod duration_str {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its error type
 mod tests {
     use super::*;
 

@@ -14,11 +14,23 @@ pub struct Hub {
     config: Arc<Config>,
     #[allow(dead_code)]
     db: Db,
+    /// Every event this instance receives, for observers (tests, tools).
+    watchers: tokio::sync::broadcast::Sender<CallEvent>,
 }
 
 impl Hub {
     pub fn new(config: Arc<Config>, db: Db) -> Self {
-        Hub { config, db }
+        let (watchers, _) = tokio::sync::broadcast::channel(1024);
+        Hub {
+            config,
+            db,
+            watchers,
+        }
+    }
+
+    /// A stream of every event this instance receives from the bus.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<CallEvent> {
+        self.watchers.subscribe()
     }
 
     pub async fn close_all(&self, _reason: &str) {}
@@ -28,6 +40,7 @@ impl Hub {
 impl EventHandler for Hub {
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError> {
         tracing::debug!(call = %event.call_id, store = %event.store, "event received");
+        let _ = self.watchers.send(event);
         Ok(Handled::Done)
     }
 }

@@ -128,11 +128,13 @@ fn main() -> ExitCode {
             }
             // One line saying what was wrong.
             let rendered = e.render().to_string();
-            let line = rendered
+            let line: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad arguments");
-            eprintln!("{line} (see bizcall --help)");
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see bizcall --help)", line.join(" "));
             return ExitCode::from(2);
         }
     };

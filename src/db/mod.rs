@@ -92,15 +92,6 @@ impl CallRow {
     }
 }
 
-/// What storing a CDR did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// A new call, or an update that moved it on: publish it.
-    Changed(CallRow),
-    /// The same record again, or an update that would move the status back.
-    Unchanged,
-}
-
 /// A reservation as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Reservation {
@@ -196,6 +187,7 @@ impl Db {
     // ---- stores -------------------------------------------------------
 
     pub async fn store_add(&self, slug: &str, name: &str, numbers: &[String]) -> Result<()> {
+        self.check_store_free(slug, numbers).await?;
         let now = millis(Utc::now());
         let res: Result<(), sqlx::Error> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -217,18 +209,25 @@ impl Db {
             tx.commit().await
         });
         match res {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                let taken = self.number_owners(numbers).await?;
-                if let Some((number, owner)) = taken.into_iter().next() {
-                    Err(DbError::Invalid(format!(
-                        "number {number} is already registered to store {owner}"
-                    )))
-                } else {
-                    Err(DbError::Invalid(format!("store {slug} already exists")))
-                }
+            // Lost a race with another `store add`: say which part clashed.
+            Err(sqlx::Error::Database(_)) => {
+                self.check_store_free(slug, numbers).await?;
+                Ok(res?)
             }
             other => Ok(other?),
         }
+    }
+
+    async fn check_store_free(&self, slug: &str, numbers: &[String]) -> Result<()> {
+        if self.store_exists(slug).await? {
+            return Err(DbError::Invalid(format!("store {slug} already exists")));
+        }
+        if let Some((number, owner)) = self.number_owners(numbers).await?.into_iter().next() {
+            return Err(DbError::Invalid(format!(
+                "number {number} is already registered to store {owner}"
+            )));
+        }
+        Ok(())
     }
 
     async fn number_owners(&self, numbers: &[String]) -> Result<Vec<(String, String)>> {
@@ -407,8 +406,9 @@ impl Db {
 
     /// Stores a CDR idempotently by `seq`. A repeat with the same fields
     /// changes nothing; new fields update the row unless the status would
-    /// move backwards. Returns the row when something changed.
-    pub async fn upsert_call(&self, cdr: &Cdr, store: Option<&str>) -> Result<Stored> {
+    /// move backwards. Returns the row when something changed (a new call,
+    /// or an update to publish), `None` for a repeat or a stale update.
+    pub async fn upsert_call(&self, cdr: &Cdr, store: Option<&str>) -> Result<Option<CallRow>> {
         let now = millis(Utc::now());
         let status = cdr.status();
         let extras = serde_json::to_string(
@@ -432,7 +432,7 @@ impl Db {
                 AND calls.status_rank <= excluded.status_rank \
              RETURNING {CALL_COLUMNS}"
         );
-        let row: Option<CallRow> = on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
             .bind(&cdr.seq)
             .bind(store.unwrap_or(""))
             .bind(status.as_str())
@@ -447,8 +447,7 @@ impl Db {
             .bind(cdr.fingerprint())
             .bind(now)
             .fetch_optional(pool)
-            .await)?;
-        Ok(row.map_or(Stored::Unchanged, Stored::Changed))
+            .await)?)
     }
 
     pub async fn call(&self, seq: &str) -> Result<Option<CallRow>> {

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 
 use crate::call::mask_number;
 use crate::cdr::{Cdr, FieldError, Params};
-use crate::db::Stored;
 use crate::metrics as m;
 use crate::server::App;
 use crate::token;
@@ -143,17 +142,14 @@ async fn ingest(app: &App, cdr: &Cdr) -> Response {
         Ok(s) => s,
         Err(e) => return unavailable(cdr, &e),
     };
-    let stored = match app.db.upsert_call(cdr, store.as_deref()).await {
-        Ok(s) => s,
-        Err(e) => return unavailable(cdr, &e),
-    };
-    let row = match stored {
-        Stored::Unchanged => {
+    let row = match app.db.upsert_call(cdr, store.as_deref()).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
             m::cdr_received("repeat");
             tracing::debug!(seq = %cdr.seq, "CDR repeat: nothing changed");
             return text(StatusCode::OK, "OK");
         }
-        Stored::Changed(row) => row,
+        Err(e) => return unavailable(cdr, &e),
     };
     let status = row.status();
     m::cdr_received("stored");

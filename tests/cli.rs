@@ -1,0 +1,216 @@
+//! The command line against a real `bizcall serve` on its embedded defaults.
+
+mod common;
+
+use common::{run_cli, Instance};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_issue_and_simulate_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let in_dir = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .args(args)
+            .current_dir(&dir_s)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = in_dir(&[
+        "store",
+        "add",
+        "gangnam",
+        "--name",
+        "Gangnam Wash",
+        "--number",
+        "050-1111-2222",
+        "--number",
+        "02-123-4567",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty());
+    let (code, out, _) = in_dir(&["store", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "gangnam\tGangnam Wash\t021234567,05011112222");
+
+    let (code, token, err) = in_dir(&["token", "issue", "gangnam", "--label", "front desk"]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    assert!(token.starts_with("bzc_") && token.len() > 40, "{token}");
+    assert_eq!(token.lines().count(), 1);
+    let (_, list, _) = in_dir(&["token", "list", "gangnam"]);
+    assert!(
+        list.contains("front desk") && list.contains("active"),
+        "{list}"
+    );
+    assert!(!list.contains(&token), "the token itself is never listed");
+
+    let mut server = Instance::spawn(dir.path(), &[]);
+    let (code, seq, err) = in_dir(&[
+        "call",
+        "simulate",
+        "--to",
+        "050-1111-2222",
+        "--from",
+        "010-5555-6666",
+        "--server",
+        &server.base(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let seq = seq.trim().to_string();
+    let (code, _, err) = in_dir(&[
+        "call",
+        "simulate",
+        "--to",
+        "05011112222",
+        "--from",
+        "01055556666",
+        "--server",
+        &server.base(),
+        "--status",
+        "completed",
+        "--seq",
+        &seq,
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    let db = bizcall::db::Db::connect(&format!("sqlite://{dir_s}/bizcall.db"))
+        .await
+        .unwrap();
+    let row = db
+        .call(&seq)
+        .await
+        .unwrap()
+        .expect("the simulated call is stored");
+    assert_eq!(row.store, "gangnam");
+    assert_eq!(row.status, "completed");
+    assert_eq!(row.caller, "01055556666");
+    db.close().await;
+
+    // Callers' numbers never reach the log in full.
+    let log = server.log_text();
+    assert!(log.contains("*******6666"), "{log}");
+    assert!(!log.contains("01055556666"), "{log}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn bad_input_is_one_line_and_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/x.db", dir.path().display());
+    let env = [("BIZCALL_DATABASE__URL", db.as_str())];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "store", "add", "Bad Slug", "--name", "x", "--number", "0501",
+            ],
+            "store slug",
+        ),
+        (
+            vec!["store", "add", "ok", "--name", "x", "--number", "call-me"],
+            "--number",
+        ),
+        (vec!["store", "add", "ok", "--name", "x"], "--number"),
+        (vec!["token", "issue", "nobody"], "no store nobody"),
+        (vec!["token", "revoke", "tok_nothing"], "no active token"),
+        (vec!["store", "remove", "nobody"], "no store nobody"),
+        (
+            vec![
+                "call", "simulate", "--to", "1", "--from", "2", "--status", "gone",
+            ],
+            "gone",
+        ),
+        (vec!["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let (code, out, err) = run_cli(&args, &env);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A number cannot belong to two stores; a slug cannot be reused.
+    assert_eq!(
+        run_cli(
+            &["store", "add", "a", "--name", "A", "--number", "0501"],
+            &env
+        )
+        .0,
+        0
+    );
+    let (code, _, err) = run_cli(
+        &["store", "add", "b", "--name", "B", "--number", "0501"],
+        &env,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already registered to store a"), "{err}");
+    let (code, _, err) = run_cli(
+        &["store", "add", "a", "--name", "A", "--number", "0502"],
+        &env,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("store a already exists"), "{err}");
+
+    let (code, _, err) = run_cli(&["store", "list"], &[("BIZCALL_BUS__MESSAGE_TTL", "soon")]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bus.message_ttl"), "{err}");
+    let (code, _, err) = run_cli(
+        &["store", "list"],
+        &[("BIZCALL_DATABASE__URL", "mysql://x")],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("database.url"), "{err}");
+}
+
+#[test]
+fn revoked_tokens_stop_verifying() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/x.db", dir.path().display());
+    let env = [("BIZCALL_DATABASE__URL", url.as_str())];
+    assert_eq!(
+        run_cli(
+            &["store", "add", "s1", "--name", "S", "--number", "0501"],
+            &env
+        )
+        .0,
+        0
+    );
+    let (_, token, _) = run_cli(&["token", "issue", "s1"], &env);
+    let token = token.trim().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(bizcall::db::Db::connect(&url)).unwrap();
+    let info = rt
+        .block_on(db.token_verify(&token))
+        .unwrap()
+        .expect("valid");
+    assert_eq!(info.store, "s1");
+    assert!(rt.block_on(db.token_verify("bzc_wrong")).unwrap().is_none());
+    let (code, _, err) = run_cli(&["token", "revoke", &info.id], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(rt.block_on(db.token_verify(&token)).unwrap().is_none());
+    // Stored only as a hash.
+    let stored: Vec<String> = rt
+        .block_on(async {
+            match &db {
+                bizcall::db::Db::Sqlite(p) => {
+                    sqlx::query_scalar("SELECT hash FROM tokens")
+                        .fetch_all(p)
+                        .await
+                }
+                bizcall::db::Db::Postgres(p) => {
+                    sqlx::query_scalar("SELECT hash FROM tokens")
+                        .fetch_all(p)
+                        .await
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!(stored, vec![bizcall::token::hash(&token)]);
+}

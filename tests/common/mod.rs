@@ -1,0 +1,251 @@
+//! Shared helpers for the behaviour tests: real databases (a SQLite file or
+//! a fresh PostgreSQL database per test), in-process servers on real
+//! sockets, and `bizcall` processes.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bizcall::config::Config;
+use bizcall::db::Db;
+use bizcall::server::Server;
+
+/// Where the tests find PostgreSQL: an admin URL on a database that exists.
+pub fn pg_admin_url() -> String {
+    std::env::var("BIZCALL_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("BIZCALL_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A database of its own for one test, removed by `cleanup`.
+pub enum TestDb {
+    Sqlite {
+        url: String,
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        url: String,
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("bizcall.db").display());
+                TestDb::Sqlite { url, _dir: dir }
+            }
+            Backend::Postgres => {
+                let name = unique("bizcall_test");
+                let admin = Db::connect(&pg_admin_url())
+                    .await
+                    .expect("PostgreSQL for tests");
+                if let Db::Postgres(pool) = &admin {
+                    sqlx::query(&format!("CREATE DATABASE {name}"))
+                        .execute(pool)
+                        .await
+                        .expect("create test database");
+                }
+                admin.close().await;
+                let mut url = url::Url::parse(&pg_admin_url()).expect("pg url");
+                url.set_path(&name);
+                TestDb::Postgres {
+                    url: url.to_string(),
+                    name,
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+
+    pub async fn connect(&self) -> Db {
+        let db = Db::connect(self.url()).await.expect("connect test db");
+        db.migrate().await.expect("migrate");
+        db
+    }
+
+    pub async fn cleanup(self) {
+        if let TestDb::Postgres { name, .. } = &self {
+            if let Ok(Db::Postgres(pool)) = Db::connect(&pg_admin_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+            }
+        }
+    }
+}
+
+/// A configuration for one test instance: an ephemeral port and the db.
+pub fn config_for(db_url: &str) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().expect("addr");
+    c.database.url = db_url.to_string();
+    c
+}
+
+/// Starts an in-process instance and registers a store `slug` with `numbers`.
+pub async fn start(config: Config) -> Server {
+    bizcall::server::start(config).await.expect("server starts")
+}
+
+pub fn base(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Runs one async test body against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($name:ident, $body:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body(common::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $body(common::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+/// Path of the built `bizcall` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bizcall")
+}
+
+/// Runs `bizcall <args>` with the given environment; returns (code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run bizcall");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `bizcall serve` process, killed on drop.
+pub struct Instance {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Instance {
+    /// Starts `bizcall serve` in `dir` with `env`, listening on an ephemeral
+    /// port, and waits until it says where it listens.
+    pub fn spawn(dir: &std::path::Path, env: &[(&str, &str)]) -> Instance {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin())
+            .arg("serve")
+            .current_dir(dir)
+            .env("BIZCALL_SERVER__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bizcall serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("bizcall serve did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Instance { child, addr, log }
+    }
+
+    pub fn base(&self) -> String {
+        base(self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,156 @@
+//! The database goes away: CDRs are answered 503 (nothing stored, so the
+//! provider retries) and succeed once it is back.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sqlx::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A TCP relay to PostgreSQL that the test can cut and restore, standing in
+/// for a database server that stops and comes back.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (up2, links2) = (up.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                links2.lock().unwrap().push(link);
+            }
+        });
+        Relay {
+            port,
+            up,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+fn cdr(seq: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("seq", seq.to_string()),
+        ("sdt", "20261122101500".into()),
+        ("fromn", "01012345678".into()),
+        ("ton", "0212345678".into()),
+    ]
+}
+
+async fn post(url: &str, seq: &str) -> (u16, String) {
+    let r = common::http()
+        .post(url)
+        .form(&cdr(seq))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn ready(base: &str) -> (u16, serde_json::Value) {
+    let r = common::http()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_then_back() {
+    let db = common::TestDb::new(common::Backend::Postgres).await;
+    let mut upstream = url::Url::parse(db.url()).unwrap();
+    let relay = Relay::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ))
+    .await;
+    upstream.set_port(Some(relay.port)).unwrap();
+    let server = common::start(common::config_for(upstream.as_str())).await;
+    let base = common::base(server.addr);
+    let url = format!("{base}/bizcall/cdr");
+
+    assert_eq!(post(&url, "before").await.0, 200);
+    relay.cut();
+    let (code, body) = post(&url, "during").await;
+    assert_eq!((code, body.as_str()), (503, "unavailable: database"));
+    let (code, status) = ready(&base).await;
+    assert_eq!(code, 503);
+    assert_eq!(status["database"], "down");
+    relay.restore();
+    assert_eq!(post(&url, "during").await, (200, "OK".to_string()));
+    assert_eq!(ready(&base).await.0, 200);
+
+    let check = db.connect().await;
+    assert!(check.call("before").await.unwrap().is_some());
+    assert!(check.call("during").await.unwrap().is_some());
+    check.close().await;
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_then_free() {
+    let db = common::TestDb::new(common::Backend::Sqlite).await;
+    let server = common::start(common::config_for(db.url())).await;
+    let url = format!("{}/bizcall/cdr", common::base(server.addr));
+    assert_eq!(post(&url, "before").await.0, 200);
+
+    // Another process-like connection holds the write lock.
+    let mut locker = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let (code, body) = post(&url, "during").await;
+    assert_eq!((code, body.as_str()), (503, "unavailable: database"));
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+
+    assert!(server.app.db.call("during").await.unwrap().is_none());
+    assert_eq!(post(&url, "during").await, (200, "OK".to_string()));
+    assert!(server.app.db.call("during").await.unwrap().is_some());
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
