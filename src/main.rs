@@ -342,6 +342,31 @@ async fn token(config: Config, cmd: TokenCommand) -> anyhow::Result<()> {
 }
 
 async fn dlq(config: Config, cmd: DlqCommand) -> anyhow::Result<()> {
-    let _ = (config, cmd);
-    anyhow::bail!("the dead-letter queue commands need the RabbitMQ bus")
+    use bizcall::bus::dlq;
+    let queue = config.amqp.dead_letter_queue.clone();
+    match cmd {
+        DlqCommand::List => {
+            let dead = dlq::list(&config).await?;
+            for d in &dead {
+                let when = d.died_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                println!("{}\t{}\t{}\t{}", d.call_id, d.store, d.reason, when);
+            }
+            eprintln!("{} dead message(s) in {queue}", dead.len());
+        }
+        DlqCommand::Replay => {
+            let (replayed, skipped) = dlq::replay(&config).await?;
+            eprintln!(
+                "replayed {replayed} message(s) from {queue} to {}",
+                config.amqp.exchange
+            );
+            if skipped > 0 {
+                eprintln!("left {skipped} message(s) that are not call events in {queue}");
+            }
+        }
+        DlqCommand::Purge => {
+            let n = dlq::purge(&config).await?;
+            eprintln!("purged {n} message(s) from {queue}");
+        }
+    }
+    Ok(())
 }

@@ -388,13 +388,27 @@ async fn retention_deletes_old_calls(backend: Backend) {
     let db = TestDb::new(backend).await;
     let pool = db.connect().await;
     let old = bizcall::db::millis(chrono::Utc::now() - chrono::Duration::days(10));
-    let insert = "INSERT INTO calls (seq, store, status, status_rank, started_at, caller, destination, \
+    let insert =
+        "INSERT INTO calls (seq, store, status, status_rank, started_at, caller, destination, \
                   extras, fingerprint, received_at, updated_at) \
                   VALUES ($1, 's', 'ringing', 0, $2, '0101', '02', '{}', 'f', $2, $2)";
-    for (seq, at) in [("old", old), ("new", bizcall::db::millis(chrono::Utc::now()))] {
+    for (seq, at) in [
+        ("old", old),
+        ("new", bizcall::db::millis(chrono::Utc::now())),
+    ] {
         match &pool {
-            Db::Sqlite(p) => sqlx::query(insert).bind(seq).bind(at).execute(p).await.map(|_| ()),
-            Db::Postgres(p) => sqlx::query(insert).bind(seq).bind(at).execute(p).await.map(|_| ()),
+            Db::Sqlite(p) => sqlx::query(insert)
+                .bind(seq)
+                .bind(at)
+                .execute(p)
+                .await
+                .map(|_| ()),
+            Db::Postgres(p) => sqlx::query(insert)
+                .bind(seq)
+                .bind(at)
+                .execute(p)
+                .await
+                .map(|_| ()),
         }
         .unwrap();
     }

@@ -1,17 +1,639 @@
-//! RabbitMQ bus (filled in by the fanout work).
+//! The RabbitMQ bus (SPEC section 8): a durable fanout exchange, one
+//! exclusive auto-delete queue per instance, per-message TTL, publisher
+//! confirms, ack modes, retry with backoff, optional dead-lettering, and a
+//! reconnect loop of our own that declares the topology afresh each time.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::bus::{EventHandler, SharedBus};
-use crate::config::Config;
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use rand::Rng;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
 
-pub struct AmqpBus;
+use super::{Bus, BusError, BusState, EventHandler, Handled};
+use crate::call::CallEvent;
+use crate::config::{AckMode, AmqpConfig, Config};
+use crate::metrics as m;
+
+/// How long a publish waits for the broker's confirm before it counts as
+/// failed (the event then waits in the outbox).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events kept for republishing while the broker is away; the oldest go
+/// first (they are the nearest to expiry anyway).
+const OUTBOX_CAPACITY: usize = 10_000;
+/// Reconnect delays: exponential from the first to the cap, with jitter.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_CAP: Duration = Duration::from_secs(10);
+
+/// Why the broker could not be used, each with its own line for people.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs 'fanout': delete it (rabbitmqctl delete_exchange {exchange}, or rabbitmqadmin delete exchange name={exchange}) or choose another amqp.exchange")]
+    ExchangeType { exchange: String, current: String },
+    #[error("RabbitMQ at {broker} refused the credentials in amqp.url: check the user name and password")]
+    Credentials { broker: String },
+    #[error("RabbitMQ at {broker}: {detail}")]
+    Refused { broker: String, detail: String },
+    #[error("RabbitMQ unreachable at {broker}: {detail}; retrying")]
+    Unreachable { broker: String, detail: String },
+}
+
+impl LinkError {
+    /// Errors that retrying will not fix: the instance stops at start.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, LinkError::Unreachable { .. })
+    }
+}
+
+/// The broker address from an AMQP URL, without credentials, for messages.
+pub fn broker_address(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port()
+                .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 })
+        ),
+        Err(_) => "the broker in amqp.url".into(),
+    }
+}
+
+pub(crate) fn classify(err: &lapin::Error, config: &AmqpConfig) -> LinkError {
+    let broker = broker_address(&config.url);
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
+        let text = amqp.get_message().to_string();
+        match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                if text.contains("Login was refused") =>
+            {
+                return LinkError::Credentials { broker };
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                if text.contains("inequivalent arg 'type'") =>
+            {
+                let current = text
+                    .rsplit("current is '")
+                    .next()
+                    .and_then(|s| s.split('\'').next())
+                    .unwrap_or("another type")
+                    .to_string();
+                return LinkError::ExchangeType {
+                    exchange: config.exchange.clone(),
+                    current,
+                };
+            }
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => {}
+            _ => {
+                return LinkError::Refused {
+                    broker,
+                    detail: text,
+                };
+            }
+        }
+    }
+    LinkError::Unreachable {
+        broker,
+        detail: err.to_string(),
+    }
+}
+
+/// One live connection and its channels.
+struct Link {
+    conn: Connection,
+    publish: Channel,
+    consume: Channel,
+    queue: String,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    handler: Arc<dyn EventHandler>,
+    link: RwLock<Option<Arc<Link>>>,
+    connected: AtomicBool,
+    /// Events whose publish failed, republished on reconnection while live.
+    outbox: Mutex<VecDeque<CallEvent>>,
+    stop: CancellationToken,
+}
+
+pub struct AmqpBus {
+    inner: Arc<Inner>,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
 
 impl AmqpBus {
+    /// Connects (a clash of exchange types or refused credentials stop the
+    /// start with one line; an unreachable broker is retried in the
+    /// background) and starts consuming.
     pub async fn start(
-        _config: &Config,
-        _handler: Arc<dyn EventHandler>,
-    ) -> anyhow::Result<SharedBus> {
-        anyhow::bail!("bus.kind = \"amqp\" is not available yet")
+        config: &Config,
+        handler: Arc<dyn EventHandler>,
+    ) -> anyhow::Result<Arc<dyn Bus>> {
+        let inner = Arc::new(Inner {
+            config: config.amqp.clone(),
+            handler,
+            link: RwLock::new(None),
+            connected: AtomicBool::new(false),
+            outbox: Mutex::new(VecDeque::new()),
+            stop: CancellationToken::new(),
+        });
+        m::bus_connected(false);
+        let first = match connect(&inner.config).await {
+            Ok(link) => Some(link),
+            Err(e) if e.is_fatal() => return Err(anyhow::anyhow!("{e}")),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        };
+        let supervisor = tokio::spawn(supervise(inner.clone(), first));
+        Ok(Arc::new(AmqpBus {
+            inner,
+            supervisor: Mutex::new(Some(supervisor)),
+        }))
+    }
+}
+
+/// Opens a connection and declares the whole topology.
+pub(crate) async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), LinkError> {
+    let fail = |e: lapin::Error| classify(&e, config);
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("bizcall {}", env!("CARGO_PKG_VERSION")).into());
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&config.url, props),
+    )
+    .await
+    .map_err(|_| LinkError::Unreachable {
+        broker: broker_address(&config.url),
+        detail: "no answer within 10s".into(),
+    })?
+    .map_err(fail)?;
+    let channel = conn.create_channel().await.map_err(fail)?;
+    Ok((conn, channel))
+}
+
+async fn connect(config: &AmqpConfig) -> Result<Link, LinkError> {
+    let fail = |e: lapin::Error| classify(&e, config);
+    let (conn, publish) = open(config).await?;
+    declare_exchange(&publish, config).await.map_err(fail)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail)?;
+
+    let consume = conn.create_channel().await.map_err(fail)?;
+    let mut args = FieldTable::default();
+    if config.dead_letter {
+        declare_dead_letter(&consume, config).await.map_err(fail)?;
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(config.dead_letter_exchange.as_str().into()),
+        );
+    }
+    // A new name on every connection: an old queue of ours that the broker
+    // has not yet dropped must not lock us out.
+    let queue = format!("{}-{}", config.queue_prefix, uuid::Uuid::new_v4());
+    consume
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                durable: false,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(fail)?;
+    consume
+        .queue_bind(
+            queue.as_str().into(),
+            config.exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(fail)?;
+    consume
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(fail)?;
+    Ok(Link {
+        conn,
+        publish,
+        consume,
+        queue,
+    })
+}
+
+/// The durable fanout exchange every instance publishes to.
+pub async fn declare_exchange(channel: &Channel, config: &AmqpConfig) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// The durable dead-letter exchange (fanout) and queue, bound together.
+pub async fn declare_dead_letter(channel: &Channel, config: &AmqpConfig) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            config.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            config.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            config.dead_letter_queue.as_str().into(),
+            config.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Keeps a link up: consume while it lives, reconnect with capped
+/// exponential backoff and jitter when it dies.
+async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
+    let mut failures: u32 = 0;
+    let mut first = true;
+    loop {
+        let link = match next.take() {
+            Some(link) => link,
+            None => {
+                let delay = backoff(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = inner.stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                match connect(&inner.config).await {
+                    Ok(link) => link,
+                    Err(e) => {
+                        // Say it once per outage, then quietly keep trying.
+                        if failures == 1 || failures.is_multiple_of(20) {
+                            tracing::error!("{e}");
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        failures = 0;
+        let link = Arc::new(link);
+        if !first {
+            m::reconnected();
+        }
+        first = false;
+        tracing::info!(queue = %link.queue, broker = %broker_address(&inner.config.url), "RabbitMQ connected");
+        *inner.link.write().await = Some(link.clone());
+        inner.connected.store(true, Ordering::SeqCst);
+        m::bus_connected(true);
+        inner.flush_outbox(&link).await;
+
+        let reason = inner.consume(&link).await;
+        inner.connected.store(false, Ordering::SeqCst);
+        m::bus_connected(false);
+        *inner.link.write().await = None;
+        if inner.stop.is_cancelled() {
+            let _ = link
+                .consume
+                .basic_cancel("bizcall".into(), BasicCancelOptions::default())
+                .await;
+            let _ = link.conn.close(200, "bizcall stopping".into()).await;
+            return;
+        }
+        tracing::warn!(reason = %reason, "RabbitMQ link lost; reconnecting");
+        let _ = link.conn.close(200, "reconnecting".into()).await;
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exp = RECONNECT_FIRST.saturating_mul(2u32.saturating_pow(failures.min(16)));
+    let capped = exp.min(RECONNECT_CAP);
+    // Jitter in [50%, 100%] so that many instances do not reconnect in step.
+    let factor = rand::rng().random_range(0.5..=1.0);
+    capped.mul_f64(factor)
+}
+
+impl Inner {
+    /// Consumes until the link or the instance stops; returns why.
+    async fn consume(self: &Arc<Self>, link: &Arc<Link>) -> String {
+        let no_ack = self.config.ack_mode == AckMode::None;
+        let consumer = link
+            .consume
+            .basic_consume(
+                link.queue.as_str().into(),
+                "bizcall".into(),
+                BasicConsumeOptions {
+                    no_ack,
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => return format!("cannot consume: {e}"),
+        };
+        loop {
+            let delivery = tokio::select! {
+                _ = self.stop.cancelled() => return "stopping".into(),
+                d = consumer.next() => d,
+            };
+            match delivery {
+                None => return "consumer closed".into(),
+                Some(Err(e)) => return e.to_string(),
+                Some(Ok(delivery)) => self.on_delivery(delivery).await,
+            }
+        }
+    }
+
+    async fn on_delivery(self: &Arc<Self>, delivery: lapin::message::Delivery) {
+        m::consumed();
+        let acks = self.config.ack_mode != AckMode::None;
+        let acker = delivery.acker.clone();
+        let event = match CallEvent::from_json(&delivery.data) {
+            Ok(ev) => ev,
+            Err(e) => {
+                // Poison: never retried, never blocks the queue.
+                tracing::warn!(error = %e, "rejecting a message that is not a call event");
+                m::rejected("poison");
+                if acks {
+                    let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                }
+                return;
+            }
+        };
+        if !event.is_live(Utc::now()) {
+            m::expired_before_delivery();
+            if acks {
+                m::rejected("expired");
+                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
+            return;
+        }
+        // The first attempt runs in order; retries run beside the stream so
+        // that one failing event does not hold up the others.
+        match self.handler.handle(event.clone()).await {
+            Ok(handled) => self.settle(acker, handled, &event).await,
+            Err(e) => {
+                tracing::warn!(call = %event.call_id, error = %e, "handler failed; will retry");
+                let me = self.clone();
+                tokio::spawn(async move { me.retry(acker, event).await });
+            }
+        }
+    }
+
+    async fn retry(self: Arc<Self>, acker: lapin::Acker, event: CallEvent) {
+        let mut delay = self.config.retry_initial_interval;
+        for attempt in 1..=self.config.retry_max_attempts {
+            if Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+                >= event.expires_at
+            {
+                break;
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            m::retried();
+            match self.handler.handle(event.clone()).await {
+                Ok(handled) => return self.settle(acker, handled, &event).await,
+                Err(e) => {
+                    tracing::warn!(call = %event.call_id, attempt, error = %e, "handler retry failed");
+                }
+            }
+            delay = delay
+                .mul_f64(self.config.retry_multiplier)
+                .min(self.config.retry_max_interval);
+        }
+        tracing::warn!(call = %event.call_id, "giving up on a call event: rejected");
+        m::rejected("handler");
+        if self.config.ack_mode != AckMode::None {
+            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+
+    /// Acknowledges a handled delivery as the ack mode says.
+    async fn settle(&self, acker: lapin::Acker, handled: Handled, event: &CallEvent) {
+        match (self.config.ack_mode, handled) {
+            (AckMode::None, _) => {}
+            (AckMode::Manual, Handled::AwaitingAck(acked)) => {
+                // Held until a tablet acknowledges the popup, or it expires.
+                let left = event.time_left(Utc::now());
+                let stop = self.stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        Ok(()) = acked => {
+                            if acker.ack(BasicAckOptions::default()).await.is_ok() {
+                                m::acked();
+                            }
+                        }
+                        _ = tokio::time::sleep(left) => {
+                            m::rejected("unacknowledged");
+                            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                        }
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+            _ => {
+                if acker.ack(BasicAckOptions::default()).await.is_ok() {
+                    m::acked();
+                }
+            }
+        }
+    }
+
+    /// Publishes one event on `link` and waits for the broker's confirm.
+    async fn publish_on(&self, link: &Link, event: &CallEvent) -> Result<(), BusError> {
+        let left = event.time_left(Utc::now());
+        if left.is_zero() {
+            m::expired_before_delivery();
+            return Ok(());
+        }
+        let props = message_properties(event, left);
+        let payload = event.to_json();
+        let sent = async {
+            link.publish
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    payload.as_bytes(),
+                    props,
+                )
+                .await?
+                .await
+        };
+        m::published();
+        match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
+            Ok(Ok(confirm)) if confirm.is_ack() => {
+                m::confirmed();
+                Ok(())
+            }
+            Ok(Ok(_)) => Err(BusError::NotConfirmed("broker nacked the message".into())),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::NotConfirmed(format!(
+                "no confirm within {}s",
+                CONFIRM_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    fn keep(&self, event: &CallEvent) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if outbox.len() >= OUTBOX_CAPACITY {
+            outbox.pop_front();
+        }
+        outbox.push_back(event.clone());
+    }
+
+    /// Republishes what failed while the broker was away, if still live.
+    async fn flush_outbox(&self, link: &Link) {
+        let pending: Vec<CallEvent> = {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            outbox.drain(..).collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        let (live, expired): (Vec<_>, Vec<_>) = pending.into_iter().partition(|e| e.is_live(now));
+        for _ in &expired {
+            m::expired_before_delivery();
+        }
+        tracing::info!(
+            republished = live.len(),
+            expired = expired.len(),
+            "publishing events held while RabbitMQ was away"
+        );
+        for event in live {
+            if let Err(e) = self.publish_on(link, &event).await {
+                m::publish_failed();
+                tracing::warn!(call = %event.call_id, error = %e, "republish failed; keeping it");
+                self.keep(&event);
+            }
+        }
+    }
+}
+
+/// The AMQP properties of a call event: TTL as the per-message expiration.
+pub fn message_properties(event: &CallEvent, left: Duration) -> BasicProperties {
+    let millis = left.as_millis().max(1);
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(event.call_id.as_str().into())
+        .with_timestamp(event.published_at.timestamp().max(0) as u64)
+        .with_expiration(ShortString::from(millis.to_string()))
+}
+
+#[async_trait]
+impl Bus for AmqpBus {
+    async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
+        let link = self.inner.link.read().await.clone();
+        let result = match link {
+            Some(link) => self.inner.publish_on(&link, event).await,
+            None => Err(BusError::Unavailable("RabbitMQ is reconnecting".into())),
+        };
+        if result.is_err() {
+            m::publish_failed();
+            self.inner.keep(event);
+        }
+        result
+    }
+
+    fn state(&self) -> BusState {
+        if self.inner.connected.load(Ordering::SeqCst) {
+            BusState::Up
+        } else {
+            BusState::Reconnecting
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        let task = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let pending = self.inner.outbox.lock().map(|o| o.len()).unwrap_or(0);
+        if pending > 0 {
+            tracing::warn!(
+                pending,
+                "stopping with call events not published (their CDRs are stored)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for n in 0..40 {
+            let d = backoff(n);
+            assert!(d <= RECONNECT_CAP, "{d:?}");
+            assert!(d >= RECONNECT_FIRST / 2, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn broker_address_hides_credentials() {
+        assert_eq!(
+            broker_address("amqp://guest:secret@10.0.0.1:5672/%2f"),
+            "amqp://10.0.0.1:5672"
+        );
+        assert_eq!(
+            broker_address("amqps://u:p@mq.example"),
+            "amqps://mq.example:5671"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! in-process implementation for a single instance, and RabbitMQ for many.
 
 pub mod amqp;
+pub mod dlq;
 pub mod local;
 
 use std::sync::Arc;

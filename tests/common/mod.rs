@@ -249,3 +249,122 @@ impl Drop for Instance {
         let _ = self.child.wait();
     }
 }
+
+/// RabbitMQ names of one test, deleted by `cleanup`.
+pub struct Broker {
+    pub exchange: String,
+    pub prefix: String,
+    pub dlx: String,
+    pub dlq: String,
+}
+
+impl Broker {
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Broker {
+            exchange: format!("bizcall-test-x-{id}"),
+            prefix: format!("bizcall-test-q-{id}"),
+            dlx: format!("bizcall-test-dlx-{id}"),
+            dlq: format!("bizcall-test-dlq-{id}"),
+        }
+    }
+
+    /// Points a configuration's bus at these names on the test broker.
+    pub fn apply(&self, c: &mut Config) {
+        c.bus.kind = bizcall::config::BusKind::Amqp;
+        c.amqp.url = amqp_url();
+        c.amqp.exchange = self.exchange.clone();
+        c.amqp.queue_prefix = self.prefix.clone();
+        c.amqp.dead_letter_exchange = self.dlx.clone();
+        c.amqp.dead_letter_queue = self.dlq.clone();
+    }
+
+    /// The same, as environment variables for a `bizcall` process.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("BIZCALL_BUS__KIND".into(), "amqp".into()),
+            ("BIZCALL_AMQP__URL".into(), amqp_url()),
+            ("BIZCALL_AMQP__EXCHANGE".into(), self.exchange.clone()),
+            ("BIZCALL_AMQP__QUEUE_PREFIX".into(), self.prefix.clone()),
+            (
+                "BIZCALL_AMQP__DEAD_LETTER_EXCHANGE".into(),
+                self.dlx.clone(),
+            ),
+            ("BIZCALL_AMQP__DEAD_LETTER_QUEUE".into(), self.dlq.clone()),
+        ]
+    }
+
+    pub async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("test broker");
+        let ch = conn.create_channel().await.expect("channel");
+        (conn, ch)
+    }
+
+    /// Publishes raw bytes to the exchange, as a foreign publisher would.
+    pub async fn publish_raw(&self, payload: &[u8]) {
+        let (conn, ch) = self.channel().await;
+        ch.basic_publish(
+            self.exchange.as_str().into(),
+            "".into(),
+            Default::default(),
+            payload,
+            Default::default(),
+        )
+        .await
+        .expect("publish");
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Messages in the dead-letter queue now.
+    pub async fn dlq_depth(&self) -> u32 {
+        let (conn, ch) = self.channel().await;
+        let q = ch
+            .queue_declare(
+                self.dlq.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+        q.map(|q| q.message_count()).unwrap_or(0)
+    }
+
+    pub async fn cleanup(&self) {
+        let (conn, ch) = self.channel().await;
+        let _ = ch
+            .queue_delete(self.dlq.as_str().into(), Default::default())
+            .await;
+        let _ = ch
+            .exchange_delete(self.dlx.as_str().into(), Default::default())
+            .await;
+        let _ = ch
+            .exchange_delete(self.exchange.as_str().into(), Default::default())
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `rabbitmqctl list_queues name <columns…>` rows whose name starts with `prefix`.
+pub fn list_queues(prefix: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .args(columns)
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}

@@ -1,0 +1,305 @@
+//! One set of behaviour tests run against both buses: the in-process bus
+//! and RabbitMQ (the real broker on 127.0.0.1:5672). Plus the RabbitMQ
+//! bus's own rules: retry with backoff, poison messages, ack modes.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bizcall::bus::local::LocalBus;
+use bizcall::bus::{Bus, BusState, EventHandler, HandleError, Handled};
+use bizcall::call::{CallEvent, CallStatus, EventKind};
+use bizcall::config::{AckMode, Config};
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the test handler does with each event.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Accept,
+    /// Fails every time.
+    Fail,
+    /// Holds the popup until the test acknowledges it.
+    AwaitAck,
+}
+
+struct Recorder {
+    behaviour: Behaviour,
+    seen: mpsc::UnboundedSender<(CallEvent, Instant)>,
+    acks: Mutex<Vec<oneshot::Sender<()>>>,
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError> {
+        let _ = self.seen.send((event, Instant::now()));
+        match self.behaviour {
+            Behaviour::Accept => Ok(Handled::Done),
+            Behaviour::Fail => Err(HandleError("test handler fails".into())),
+            Behaviour::AwaitAck => {
+                let (tx, rx) = oneshot::channel();
+                self.acks.lock().unwrap().push(tx);
+                Ok(Handled::AwaitingAck(rx))
+            }
+        }
+    }
+}
+
+fn recorder(
+    behaviour: Behaviour,
+) -> (Arc<Recorder>, mpsc::UnboundedReceiver<(CallEvent, Instant)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Arc::new(Recorder {
+            behaviour,
+            seen: tx,
+            acks: Mutex::new(Vec::new()),
+        }),
+        rx,
+    )
+}
+
+fn event(id: &str, store: &str, ttl: Duration) -> CallEvent {
+    let now = Utc::now();
+    CallEvent {
+        kind: EventKind::Call,
+        call_id: id.into(),
+        store: store.into(),
+        status: CallStatus::Ringing,
+        caller_number: "01012345678".into(),
+        virtual_number: Some("05012345678".into()),
+        started_at: now,
+        answered_at: None,
+        ended_at: None,
+        published_at: now,
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap(),
+    }
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<(CallEvent, Instant)>) -> (CallEvent, Instant) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10s")
+        .expect("handler alive")
+}
+
+async fn nothing_more(rx: &mut mpsc::UnboundedReceiver<(CallEvent, Instant)>) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.try_recv().is_err(), "no further event");
+}
+
+/// The contract every bus meets.
+async fn contract(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<(CallEvent, Instant)>) {
+    assert_eq!(bus.state(), BusState::Up);
+    // Events arrive whole and in order.
+    for i in 0..20 {
+        bus.publish(&event(&format!("c{i}"), "s1", Duration::from_secs(30)))
+            .await
+            .expect("published");
+    }
+    for i in 0..20 {
+        let (ev, _) = recv(&mut rx).await;
+        assert_eq!(ev.call_id, format!("c{i}"));
+        assert_eq!(ev.store, "s1");
+    }
+    // An event already past its expiry is never handed over.
+    let mut stale = event("stale", "s1", Duration::from_secs(30));
+    stale.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    let _ = bus.publish(&stale).await;
+    bus.publish(&event("fresh", "s1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx).await.0.call_id, "fresh");
+    nothing_more(&mut rx).await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_bus_meets_the_contract() {
+    let (handler, rx) = recorder(Behaviour::Accept);
+    contract(Arc::new(LocalBus::start(handler)), rx).await;
+}
+
+async fn amqp_bus(
+    broker: &common::Broker,
+    tweak: impl FnOnce(&mut Config),
+    handler: Arc<dyn EventHandler>,
+) -> Arc<dyn Bus> {
+    let mut config = Config::default();
+    broker.apply(&mut config);
+    tweak(&mut config);
+    let bus = bizcall::bus::amqp::AmqpBus::start(&config, handler)
+        .await
+        .expect("bus starts");
+    common::eventually(Duration::from_secs(10), "bus up", || {
+        let up = bus.state() == BusState::Up;
+        async move { up }
+    })
+    .await;
+    bus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_bus_meets_the_contract() {
+    let broker = common::Broker::new();
+    let (handler, rx) = recorder(Behaviour::Accept);
+    let bus = amqp_bus(&broker, |_| {}, handler).await;
+    contract(bus, rx).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rabbitmq_instance_gets_every_event() {
+    let broker = common::Broker::new();
+    let (h1, mut rx1) = recorder(Behaviour::Accept);
+    let (h2, mut rx2) = recorder(Behaviour::Accept);
+    let a = amqp_bus(&broker, |_| {}, h1).await;
+    let b = amqp_bus(&broker, |_| {}, h2).await;
+    a.publish(&event("x1", "s", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    b.publish(&event("x2", "s", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    for rx in [&mut rx1, &mut rx2] {
+        let mut ids = vec![recv(rx).await.0.call_id, recv(rx).await.0.call_id];
+        ids.sort();
+        assert_eq!(ids, ["x1", "x2"]);
+        nothing_more(rx).await;
+    }
+    // One exclusive, auto-delete queue per bus, gone once they stop.
+    let queues = common::list_queues(&broker.prefix, &["exclusive", "auto_delete"]);
+    assert_eq!(queues.len(), 2, "{queues:?}");
+    for q in &queues {
+        assert_eq!(&q[1..], ["true", "true"], "{q:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    common::eventually(Duration::from_secs(10), "queues deleted", || async {
+        common::list_queues(&broker.prefix, &[]).is_empty()
+    })
+    .await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_with_backoff_then_dead_lettered() {
+    let broker = common::Broker::new();
+    let (handler, mut rx) = recorder(Behaviour::Fail);
+    let bus = amqp_bus(
+        &broker,
+        |c| {
+            c.amqp.dead_letter = true;
+            c.amqp.retry_max_attempts = 2;
+            c.amqp.retry_initial_interval = Duration::from_millis(300);
+            c.amqp.retry_multiplier = 2.0;
+            c.amqp.retry_max_interval = Duration::from_secs(5);
+        },
+        handler,
+    )
+    .await;
+    bus.publish(&event("r1", "s", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let (_, t0) = recv(&mut rx).await;
+    let (_, t1) = recv(&mut rx).await;
+    let (_, t2) = recv(&mut rx).await;
+    // The first try and two retries, 300 ms then 600 ms apart at least.
+    assert!(t1 - t0 >= Duration::from_millis(300), "{:?}", t1 - t0);
+    assert!(t2 - t1 >= Duration::from_millis(600), "{:?}", t2 - t1);
+    nothing_more(&mut rx).await;
+    common::eventually(Duration::from_secs(10), "dead-lettered", || async {
+        broker.dlq_depth().await == 1
+    })
+    .await;
+
+    // A poison message goes straight to the dead-letter queue, and the
+    // consumer keeps going.
+    broker.publish_raw(b"this is not a call event").await;
+    broker.publish_raw(b"{\"type\":\"call\"}").await;
+    common::eventually(Duration::from_secs(10), "poison dead-lettered", || async {
+        broker.dlq_depth().await == 3
+    })
+    .await;
+    assert!(rx.try_recv().is_err(), "poison never reaches the handler");
+
+    let mut config = Config::default();
+    broker.apply(&mut config);
+    let dead = bizcall::bus::dlq::list(&config).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    assert_eq!(dead[0].call_id, "r1");
+    assert!(dead.iter().all(|d| d.reason == "rejected"), "{dead:?}");
+    assert!(dead[0].died_at.is_some());
+    // Listing removes nothing.
+    assert_eq!(broker.dlq_depth().await, 3);
+    bus.shutdown().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
+    let broker = common::Broker::new();
+    let (handler, mut rx) = recorder(Behaviour::AwaitAck);
+    let bus = amqp_bus(
+        &broker,
+        |c| {
+            c.amqp.ack_mode = AckMode::Manual;
+            c.amqp.dead_letter = true;
+        },
+        handler.clone(),
+    )
+    .await;
+    bus.publish(&event("m1", "s", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bus.publish(&event("m2", "s", Duration::from_secs(2)))
+        .await
+        .unwrap();
+    recv(&mut rx).await;
+    recv(&mut rx).await;
+    let unacked = || common::list_queues(&broker.prefix, &["messages_unacknowledged"]);
+    assert_eq!(unacked()[0][1], "2");
+    // The tablet acknowledges m1: the broker gets its ack.
+    let m1 = handler.acks.lock().unwrap().remove(0);
+    m1.send(()).unwrap();
+    common::eventually(Duration::from_secs(10), "m1 acked", || async {
+        unacked()[0][1] == "1"
+    })
+    .await;
+    // Nobody acknowledges m2: it is rejected when it expires, into the DLQ.
+    common::eventually(Duration::from_secs(10), "m2 rejected", || async {
+        broker.dlq_depth().await == 1
+    })
+    .await;
+    assert_eq!(unacked()[0][1], "0");
+    bus.shutdown().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_modes_none_and_auto_leave_nothing_unacknowledged() {
+    for mode in [AckMode::None, AckMode::Auto] {
+        let broker = common::Broker::new();
+        let (handler, mut rx) = recorder(Behaviour::AwaitAck);
+        let bus = amqp_bus(&broker, |c| c.amqp.ack_mode = mode, handler).await;
+        for i in 0..5 {
+            bus.publish(&event(&format!("n{i}"), "s", Duration::from_secs(30)))
+                .await
+                .unwrap();
+        }
+        for _ in 0..5 {
+            recv(&mut rx).await;
+        }
+        // Even though no tablet acknowledged, nothing stays unacked.
+        common::eventually(Duration::from_secs(10), "nothing unacked", || async {
+            let rows =
+                common::list_queues(&broker.prefix, &["messages_unacknowledged", "messages"]);
+            rows.len() == 1 && rows[0][1] == "0" && rows[0][2] == "0"
+        })
+        .await;
+        bus.shutdown().await;
+        broker.cleanup().await;
+    }
+}
