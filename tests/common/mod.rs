@@ -368,3 +368,43 @@ pub fn list_queues(prefix: &str, columns: &[&str]) -> Vec<Vec<String>> {
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
 }
+
+/// Borrows owned (key, value) pairs as the `&str` pairs `Instance::spawn` takes.
+pub fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+    owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// A counter or gauge from an instance's `/metrics`, summed over labels.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Posts a provider-shaped CDR form; returns the status code.
+pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
+    match http()
+        .post(format!("{base}/bizcall/cdr"))
+        .form(fields)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
