@@ -1,46 +1,428 @@
-//! The tablets connected to this instance, by store.
+//! The tablets connected to this instance, by store. The hub hands each
+//! call event to the subscribed tablets of its store here and to nobody
+//! else, keeps each tablet's outgoing queue bounded (updates of one call
+//! replace each other), and tracks which popups await a tablet's ACK.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, oneshot, Notify};
 
 use crate::bus::{EventHandler, HandleError, Handled};
 use crate::call::CallEvent;
 use crate::config::Config;
 use crate::db::Db;
+use crate::metrics as m;
+
+/// How a subscription acknowledges messages (STOMP `ack` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    Auto,
+    /// Cumulative: an ACK covers every earlier message of the subscription.
+    Client,
+    ClientIndividual,
+}
+
+impl AckKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(AckKind::Auto),
+            "client" => Some(AckKind::Client),
+            "client-individual" => Some(AckKind::ClientIndividual),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckKind::Auto => "auto",
+            AckKind::Client => "client",
+            AckKind::ClientIndividual => "client-individual",
+        }
+    }
+}
+
+/// Why the server closes a tablet's connection; each becomes the ERROR
+/// frame's `message` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    SlowConsumer,
+    Revoked,
+    ServerRestart,
+}
+
+impl CloseReason {
+    pub fn message(&self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Revoked => "unauthorized",
+            CloseReason::ServerRestart => "server restart",
+        }
+    }
+
+    pub fn detail(&self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => {
+                "the tablet fell too far behind; reconnect and fetch the call list"
+            }
+            CloseReason::Revoked => "the tablet token was revoked",
+            CloseReason::ServerRestart => "the server is restarting; reconnect",
+        }
+    }
+}
+
+/// Messages sent and not yet acknowledged, per subscription, so an ACK can
+/// be traced to its call. Bounded: the oldest are forgotten.
+#[derive(Debug, Default)]
+pub struct AckBook {
+    entries: HashMap<String, VecDeque<(String, String)>>,
+}
+
+const ACK_BOOK_LIMIT: usize = 512;
+
+impl AckBook {
+    pub fn record(&mut self, subscription: &str, ack_id: String, call_id: String) {
+        let list = self.entries.entry(subscription.to_string()).or_default();
+        if list.len() == ACK_BOOK_LIMIT {
+            list.pop_front();
+        }
+        list.push_back((ack_id, call_id));
+    }
+
+    /// Removes what an ACK/NACK of `ack_id` settles; returns those calls.
+    pub fn settle(&mut self, ack_id: &str, kinds: &HashMap<String, AckKind>) -> Vec<String> {
+        for (sub, list) in self.entries.iter_mut() {
+            if let Some(pos) = list.iter().position(|(id, _)| id == ack_id) {
+                let cumulative = kinds.get(sub) == Some(&AckKind::Client);
+                let taken: Vec<(String, String)> = if cumulative {
+                    list.drain(..=pos).collect()
+                } else {
+                    list.remove(pos).into_iter().collect()
+                };
+                return taken.into_iter().map(|(_, call)| call).collect();
+            }
+        }
+        Vec::new()
+    }
+
+    pub fn forget(&mut self, subscription: &str) {
+        self.entries.remove(subscription);
+    }
+}
+
+/// What waits to be written to one tablet.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    pub popups: VecDeque<Arc<CallEvent>>,
+    /// Set when the connection must end; the writer sends the ERROR and closes.
+    pub closing: Option<CloseReason>,
+}
+
+/// One connected tablet, shared by its connection task and the hub.
+#[derive(Debug)]
+pub struct Tablet {
+    pub id: u64,
+    pub store: String,
+    pub token_id: String,
+    /// Subscription id → ack kind.
+    pub subscriptions: Mutex<HashMap<String, AckKind>>,
+    pub acks: Mutex<AckBook>,
+    pub outbound: Mutex<Outbound>,
+    /// Wakes the connection task when something is queued.
+    pub wake: Notify,
+    capacity: usize,
+}
+
+impl Tablet {
+    fn lock_out(&self) -> std::sync::MutexGuard<'_, Outbound> {
+        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, AckKind>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ack_book(&self) -> std::sync::MutexGuard<'_, AckBook> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a popup. An update of a call already queued replaces it in
+    /// place; a full queue closes the tablet as a slow consumer.
+    fn offer(&self, event: Arc<CallEvent>) {
+        let mut out = self.lock_out();
+        if out.closing.is_some() {
+            return;
+        }
+        if let Some(slot) = out.popups.iter_mut().find(|p| p.call_id == event.call_id) {
+            if event.status.rank() >= slot.status.rank() {
+                *slot = event;
+            }
+        } else if out.popups.len() >= self.capacity {
+            out.popups.clear();
+            out.closing = Some(CloseReason::SlowConsumer);
+            m::slow_consumer();
+        } else {
+            out.popups.push_back(event);
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Asks the connection to end with `reason`.
+    pub fn close(&self, reason: CloseReason) {
+        let mut out = self.lock_out();
+        if out.closing.is_none() {
+            out.popups.clear();
+            out.closing = Some(reason);
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Takes everything queued: the popups, and the close reason if any.
+    pub fn take(&self) -> (Vec<Arc<CallEvent>>, Option<CloseReason>) {
+        let mut out = self.lock_out();
+        (out.popups.drain(..).collect(), out.closing.clone())
+    }
+
+    fn awaits_ack(&self) -> bool {
+        self.subscriptions().values().any(|k| *k != AckKind::Auto)
+    }
+
+    fn subscribed(&self) -> bool {
+        !self.subscriptions().is_empty()
+    }
+}
+
+/// The newest event seen per call: later duplicates and stale updates are
+/// dropped, so a popup never moves backwards or shows twice.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    rank: i32,
+    published_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
 
 pub struct Hub {
-    #[allow(dead_code)]
     config: Arc<Config>,
-    #[allow(dead_code)]
     db: Db,
+    tablets: RwLock<HashMap<String, HashMap<u64, Arc<Tablet>>>>,
+    next_id: AtomicU64,
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Calls whose bus message waits for a tablet's ACK (ack mode manual).
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Every event this instance receives, for observers (tests, tools).
-    watchers: tokio::sync::broadcast::Sender<CallEvent>,
+    watchers: broadcast::Sender<CallEvent>,
 }
 
 impl Hub {
     pub fn new(config: Arc<Config>, db: Db) -> Self {
-        let (watchers, _) = tokio::sync::broadcast::channel(1024);
+        let (watchers, _) = broadcast::channel(1024);
         Hub {
             config,
             db,
+            tablets: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            seen: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             watchers,
         }
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// A stream of every event this instance receives from the bus.
-    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<CallEvent> {
+    pub fn watch(&self) -> broadcast::Receiver<CallEvent> {
         self.watchers.subscribe()
     }
 
-    pub async fn close_all(&self, _reason: &str) {}
+    /// Adds a tablet that has just connected.
+    pub fn register(&self, store: &str, token_id: &str) -> Arc<Tablet> {
+        let tablet = Arc::new(Tablet {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            store: store.to_string(),
+            token_id: token_id.to_string(),
+            subscriptions: Mutex::new(HashMap::new()),
+            acks: Mutex::new(AckBook::default()),
+            outbound: Mutex::new(Outbound::default()),
+            wake: Notify::new(),
+            capacity: self.config.stomp.outbound_queue,
+        });
+        let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(store.to_string())
+            .or_default()
+            .insert(tablet.id, tablet.clone());
+        Self::gauge(&all);
+        tablet
+    }
+
+    pub fn unregister(&self, tablet: &Tablet) {
+        let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = all.get_mut(&tablet.store) {
+            store.remove(&tablet.id);
+            if store.is_empty() {
+                all.remove(&tablet.store);
+            }
+        }
+        Self::gauge(&all);
+    }
+
+    fn gauge(all: &HashMap<String, HashMap<u64, Arc<Tablet>>>) {
+        m::tablets(all.values().map(HashMap::len).sum(), all.len());
+    }
+
+    /// Connected tablets and stores with at least one.
+    pub fn counts(&self) -> (usize, usize) {
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        (all.values().map(HashMap::len).sum(), all.len())
+    }
+
+    /// Tablets connected here, per store.
+    pub fn tablets_by_store(&self) -> HashMap<String, usize> {
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        all.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+    }
+
+    fn every_tablet(&self) -> Vec<Arc<Tablet>> {
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        all.values().flat_map(|s| s.values().cloned()).collect()
+    }
+
+    /// Tells every tablet to reconnect (graceful shutdown).
+    pub async fn close_all(&self, _why: &str) {
+        for t in self.every_tablet() {
+            t.close(CloseReason::ServerRestart);
+        }
+    }
+
+    /// Closes tablets whose token is no longer among `live` token ids.
+    pub fn close_revoked(&self, live: &HashSet<String>) -> usize {
+        let mut closed = 0;
+        for t in self.every_tablet() {
+            if !live.contains(&t.token_id) {
+                t.close(CloseReason::Revoked);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Token ids of the tablets connected here.
+    pub fn token_ids(&self) -> HashSet<String> {
+        self.every_tablet()
+            .into_iter()
+            .map(|t| t.token_id.clone())
+            .collect()
+    }
+
+    /// A tablet acknowledged a call's popup: release the bus message.
+    pub fn popup_acked(&self, call_id: &str) {
+        let waiters = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(call_id);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(());
+        }
+    }
+
+    /// Whether the event is new: not a duplicate and not older than what
+    /// was already shown for its call.
+    fn fresh(&self, event: &CallEvent, now: DateTime<Utc>) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, s| s.expires_at > now);
+        }
+        let rank = event.status.rank();
+        match seen.get(&event.call_id) {
+            Some(s) if rank < s.rank => false,
+            Some(s) if rank == s.rank && event.published_at <= s.published_at => false,
+            _ => {
+                seen.insert(
+                    event.call_id.clone(),
+                    Seen {
+                        rank,
+                        published_at: event.published_at,
+                        expires_at: event.expires_at,
+                    },
+                );
+                true
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl EventHandler for Hub {
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError> {
-        tracing::debug!(call = %event.call_id, store = %event.store, "event received");
-        let _ = self.watchers.send(event);
-        Ok(Handled::Done)
+        let now = Utc::now();
+        if !event.is_live(now) {
+            m::popup_expired();
+            return Ok(Handled::Done);
+        }
+        if !self.fresh(&event, now) {
+            tracing::debug!(call = %event.call_id, "duplicate or stale event dropped");
+            return Ok(Handled::Done);
+        }
+        let _ = self.watchers.send(event.clone());
+        let targets: Vec<Arc<Tablet>> = {
+            let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+            all.get(&event.store)
+                .map(|s| s.values().filter(|t| t.subscribed()).cloned().collect())
+                .unwrap_or_default()
+        };
+        if targets.is_empty() {
+            return Ok(Handled::Done);
+        }
+        let awaits_ack = targets.iter().any(|t| t.awaits_ack());
+        let event = Arc::new(event);
+        let handled = if awaits_ack {
+            let (tx, rx) = oneshot::channel();
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(event.call_id.clone())
+                .or_default()
+                .push(tx);
+            Handled::AwaitingAck(rx)
+        } else {
+            Handled::Done
+        };
+        for t in targets {
+            t.offer(event.clone());
+        }
+        Ok(handled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_book_settles_individually_and_cumulatively() {
+        let mut kinds = HashMap::new();
+        kinds.insert("a".to_string(), AckKind::ClientIndividual);
+        kinds.insert("b".to_string(), AckKind::Client);
+        let mut book = AckBook::default();
+        for i in 0..3 {
+            book.record("a", format!("a{i}"), format!("call{i}"));
+            book.record("b", format!("b{i}"), format!("call{i}"));
+        }
+        assert_eq!(book.settle("a1", &kinds), ["call1"]);
+        assert_eq!(book.settle("a1", &kinds), Vec::<String>::new());
+        assert_eq!(book.settle("b1", &kinds), ["call0", "call1"]);
+        assert_eq!(book.settle("b2", &kinds), ["call2"]);
+        assert!(book.settle("nope", &kinds).is_empty());
     }
 }

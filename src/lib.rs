@@ -25,4 +25,5 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod simulate;
+pub mod stomp;
 pub mod token;

@@ -110,6 +110,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     );
 
     tokio::spawn(retention(app.clone()));
+    tokio::spawn(revocation(app.clone()));
+    // On stop, every tablet is told to reconnect (to another instance).
+    let closing = app.clone();
+    tokio::spawn(async move {
+        closing.shutdown.cancelled().await;
+        closing.hub.close_all("server restart").await;
+    });
 
     let router = crate::http::router(app.clone());
     let served = app.clone();
@@ -121,7 +128,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         )
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
-        served.hub.close_all("server restart").await;
+        // Give tablets a moment to receive their ERROR and go.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while served.hub.counts().0 > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         served.bus.shutdown().await;
         served.db.close().await;
         tracing::info!("bizcall stopped");
@@ -146,6 +157,36 @@ async fn retention(app: App) {
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
+}
+
+/// How often connected tablets' tokens are checked for revocation.
+const REVOCATION_EVERY: Duration = Duration::from_secs(2);
+
+/// Closes the connections of tablets whose token was revoked (or whose
+/// store was removed) since they connected.
+async fn revocation(app: App) {
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REVOCATION_EVERY) => {}
+        }
+        let connected: Vec<String> = app.hub.token_ids().into_iter().collect();
+        if connected.is_empty() {
+            continue;
+        }
+        match app.db.tokens_not_live(&connected).await {
+            Ok(dead) if !dead.is_empty() => {
+                let live: std::collections::HashSet<String> = connected
+                    .into_iter()
+                    .filter(|id| !dead.contains(id))
+                    .collect();
+                let closed = app.hub.close_revoked(&live);
+                tracing::info!(closed, "closed tablets whose token was revoked");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "revocation check failed"),
         }
     }
 }

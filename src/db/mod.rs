@@ -387,19 +387,17 @@ impl Db {
 
     /// Ids of tokens that are revoked (or whose store is gone) among `ids`.
     pub async fn tokens_not_live(&self, ids: &[String]) -> Result<Vec<String>> {
-        let mut dead = Vec::new();
-        for id in ids {
-            let live: i64 = on_pool!(self, pool => sqlx::query_scalar(
-                "SELECT COUNT(*) FROM tokens WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .fetch_one(pool)
-            .await)?;
-            if live == 0 {
-                dead.push(id.clone());
-            }
-        }
-        Ok(dead)
+        let live: Vec<String> = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT id FROM tokens WHERE revoked_at IS NULL",
+        )
+        .fetch_all(pool)
+        .await)?;
+        let live: std::collections::HashSet<String> = live.into_iter().collect();
+        Ok(ids
+            .iter()
+            .filter(|id| !live.contains(*id))
+            .cloned()
+            .collect())
     }
 
     // ---- calls --------------------------------------------------------

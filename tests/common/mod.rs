@@ -3,6 +3,8 @@
 //! sockets, and `bizcall` processes.
 #![allow(dead_code)]
 
+pub mod stomp;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
