@@ -254,7 +254,8 @@ async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
     bus.publish(&event("m1", "s", Duration::from_secs(30)))
         .await
         .unwrap();
-    bus.publish(&event("m2", "s", Duration::from_secs(2)))
+    // m2 lives long enough for the broker's counts to be read in between.
+    bus.publish(&event("m2", "s", Duration::from_secs(8)))
         .await
         .unwrap();
     recv(&mut rx).await;
@@ -269,7 +270,7 @@ async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
     })
     .await;
     // Nobody acknowledges m2: it is rejected when it expires, into the DLQ.
-    common::eventually(Duration::from_secs(10), "m2 rejected", || async {
+    common::eventually(Duration::from_secs(20), "m2 rejected", || async {
         broker.dlq_depth().await == 1
     })
     .await;
