@@ -408,6 +408,68 @@ impl EventHandler for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::{CallStatus, EventKind};
+
+    fn tablet(capacity: usize) -> Tablet {
+        Tablet {
+            id: 1,
+            store: "s".into(),
+            token_id: "t".into(),
+            subscriptions: Mutex::new(HashMap::new()),
+            acks: Mutex::new(AckBook::default()),
+            outbound: Mutex::new(Outbound::default()),
+            wake: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn event(id: &str, status: CallStatus) -> Arc<CallEvent> {
+        let now = Utc::now();
+        Arc::new(CallEvent {
+            kind: EventKind::Call,
+            call_id: id.into(),
+            store: "s".into(),
+            status,
+            caller_number: "0101".into(),
+            virtual_number: None,
+            started_at: now,
+            answered_at: None,
+            ended_at: None,
+            published_at: now,
+            expires_at: now + chrono::Duration::seconds(30),
+        })
+    }
+
+    #[test]
+    fn updates_of_one_call_replace_each_other_in_the_queue() {
+        let t = tablet(2);
+        t.offer(event("a", CallStatus::Ringing));
+        t.offer(event("b", CallStatus::Ringing));
+        t.offer(event("a", CallStatus::Completed));
+        // A stale update does not overwrite a newer one.
+        t.offer(event("a", CallStatus::Answered));
+        let (popups, closing) = t.take();
+        assert!(closing.is_none());
+        let got: Vec<(&str, CallStatus)> = popups
+            .iter()
+            .map(|p| (p.call_id.as_str(), p.status))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", CallStatus::Completed), ("b", CallStatus::Ringing)]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_tablet_as_slow() {
+        let t = tablet(2);
+        for id in ["a", "b", "c"] {
+            t.offer(event(id, CallStatus::Ringing));
+        }
+        let (popups, closing) = t.take();
+        assert!(popups.is_empty());
+        assert_eq!(closing, Some(CloseReason::SlowConsumer));
+    }
 
     #[test]
     fn ack_book_settles_individually_and_cumulatively() {
