@@ -197,12 +197,15 @@ impl Tablet {
     }
 }
 
-/// The newest event seen per call: later duplicates and stale updates are
-/// dropped, so a popup never moves backwards or shows twice.
+/// The newest event seen per call: later duplicates (the same status and
+/// times, however often published) and stale updates are dropped, so a
+/// popup never moves backwards or shows twice.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     rank: i32,
-    published_at: DateTime<Utc>,
+    status: crate::call::CallStatus,
+    answered_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
     expires_at: DateTime<Utc>,
 }
 
@@ -344,15 +347,24 @@ impl Hub {
             seen.retain(|_, s| s.expires_at > now);
         }
         let rank = event.status.rank();
-        match seen.get(&event.call_id) {
+        // What was seen no longer counts once its popup has expired.
+        match seen.get(&event.call_id).filter(|s| s.expires_at > now) {
             Some(s) if rank < s.rank => false,
-            Some(s) if rank == s.rank && event.published_at <= s.published_at => false,
+            Some(s)
+                if s.status == event.status
+                    && s.answered_at == event.answered_at
+                    && s.ended_at == event.ended_at =>
+            {
+                false
+            }
             _ => {
                 seen.insert(
                     event.call_id.clone(),
                     Seen {
                         rank,
-                        published_at: event.published_at,
+                        status: event.status,
+                        answered_at: event.answered_at,
+                        ended_at: event.ended_at,
                         expires_at: event.expires_at,
                     },
                 );

@@ -279,6 +279,21 @@ async fn repeats_updates_and_unknown_stores(backend: Backend) {
     let row = ctx.store().call("R1").await.unwrap().unwrap();
     assert_eq!(row.status, "completed");
     assert_eq!(ctx.store().count_calls().await.unwrap(), 3);
+
+    // An instance stored a CDR and died before publishing it: the
+    // provider's retry (a repeat) publishes it, once.
+    let params = bizcall::cdr::Params::from_urlencoded(q("D1", "").as_bytes()).unwrap();
+    let cdr = bizcall::cdr::Cdr::from_params(&params).unwrap();
+    ctx.store()
+        .upsert_call(&cdr, Some("gangnam"))
+        .await
+        .unwrap()
+        .unwrap();
+    ctx.no_more_events().await;
+    assert_eq!(ctx.get(&q("D1", "")).await.0, 200);
+    assert_eq!(ctx.next_event().await.call_id, "D1");
+    assert_eq!(ctx.get(&q("D1", "")).await.0, 200);
+    ctx.no_more_events().await;
     ctx.finish().await;
 }
 on_both_databases!(repeats, repeats_updates_and_unknown_stores);

@@ -418,14 +418,16 @@ impl Db {
         .unwrap_or_else(|_| "{}".into());
         let sql = format!(
             "INSERT INTO calls (seq, store, status, status_rank, started_at, answered_at, ended_at, \
-                caller, virtual_number, destination, extras, fingerprint, received_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+                caller, virtual_number, destination, extras, fingerprint, received_at, updated_at, \
+                event_pending) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14) \
              ON CONFLICT (seq) DO UPDATE SET store = excluded.store, status = excluded.status, \
                 status_rank = excluded.status_rank, started_at = excluded.started_at, \
                 answered_at = excluded.answered_at, ended_at = excluded.ended_at, \
                 caller = excluded.caller, virtual_number = excluded.virtual_number, \
                 destination = excluded.destination, extras = excluded.extras, \
-                fingerprint = excluded.fingerprint, updated_at = excluded.updated_at \
+                fingerprint = excluded.fingerprint, updated_at = excluded.updated_at, \
+                event_pending = excluded.event_pending \
              WHERE calls.fingerprint <> excluded.fingerprint \
                 AND calls.status_rank <= excluded.status_rank \
              RETURNING {CALL_COLUMNS}"
@@ -444,6 +446,33 @@ impl Db {
             .bind(&extras)
             .bind(cdr.fingerprint())
             .bind(now)
+            .bind(i64::from(store.is_some()))
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// The call's latest change has been handed to the bus.
+    pub async fn mark_published(&self, seq: &str, updated_at: i64) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE calls SET event_pending = 0 WHERE seq = $1 AND updated_at = $2",
+        )
+        .bind(seq)
+        .bind(updated_at)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The call, if its latest change (made at or after `since`) was never
+    /// handed to the bus.
+    pub async fn unpublished(&self, seq: &str, since: DateTime<Utc>) -> Result<Option<CallRow>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE seq = $1 AND event_pending = 1 AND updated_at >= $2"
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+            .bind(seq)
+            .bind(millis(since))
             .fetch_optional(pool)
             .await)?)
     }

@@ -146,7 +146,20 @@ async fn ingest(app: &App, cdr: &Cdr) -> Response {
         Ok(Some(row)) => row,
         Ok(None) => {
             m::cdr_received("repeat");
-            tracing::debug!(seq = %cdr.seq, "CDR repeat: nothing changed");
+            // A repeat publishes nothing, unless the change it repeats was
+            // never handed to the bus (the instance that stored it died
+            // first): then it is published now, while still inside its TTL.
+            let ttl = chrono::Duration::from_std(app.config.bus.message_ttl).unwrap_or_default();
+            match app.db.unpublished(&cdr.seq, chrono::Utc::now() - ttl).await {
+                Ok(Some(row)) => {
+                    tracing::info!(seq = %cdr.seq, "CDR repeat of an unpublished change: publishing it");
+                    publish(app, &row).await;
+                }
+                Ok(None) => tracing::debug!(seq = %cdr.seq, "CDR repeat: nothing changed"),
+                Err(e) => {
+                    tracing::warn!(seq = %cdr.seq, error = %e, "could not check a repeat for an unpublished change")
+                }
+            }
             return text(StatusCode::OK, "OK");
         }
         Err(e) => return unavailable(cdr, &e),
@@ -172,12 +185,22 @@ async fn ingest(app: &App, cdr: &Cdr) -> Response {
         caller = %mask_number(&cdr.caller),
         "CDR stored"
     );
-    let event = crate::server::event_for(&row, app.config.bus.message_ttl);
-    if let Err(e) = app.bus.publish(&event).await {
-        // Stored is what the provider needs; the bus retries on its own.
-        tracing::warn!(seq = %cdr.seq, error = %e, "call event not published yet");
-    }
+    publish(app, &row).await;
     text(StatusCode::OK, "OK")
+}
+
+/// Publishes a stored change and records that it reached the bus. A failed
+/// publish is kept by the bus and retried there; the row stays pending.
+async fn publish(app: &App, row: &crate::db::CallRow) {
+    let event = crate::server::event_for(row, app.config.bus.message_ttl);
+    match app.bus.publish(&event).await {
+        Ok(()) => {
+            if let Err(e) = app.db.mark_published(&row.seq, row.updated_at).await {
+                tracing::warn!(seq = %row.seq, error = %e, "could not mark a call event published");
+            }
+        }
+        Err(e) => tracing::warn!(seq = %row.seq, error = %e, "call event not published yet"),
+    }
 }
 
 fn unavailable(cdr: &Cdr, e: &crate::db::DbError) -> Response {
