@@ -400,12 +400,13 @@ impl EventHandler for Hub {
         let event = Arc::new(event);
         let handled = if awaits_ack {
             let (tx, rx) = oneshot::channel();
-            self.waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(event.call_id.clone())
-                .or_default()
-                .push(tx);
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget waiters whose bus message was settled another way.
+            waiting.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            waiting.entry(event.call_id.clone()).or_default().push(tx);
             Handled::AwaitingAck(rx)
         } else {
             Handled::Done
@@ -414,6 +415,35 @@ impl EventHandler for Hub {
             t.offer(event.clone());
         }
         Ok(handled)
+    }
+
+    /// After a gap in the bus, replays from the database every change still
+    /// inside its TTL to the tablets here; what they already saw is dropped
+    /// by `fresh`, and nothing is replayed past its expiry.
+    async fn resync(&self) {
+        let ttl = self.config.bus.message_ttl;
+        let since = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_default();
+        let stores: HashSet<String> = self.tablets_by_store().into_keys().collect();
+        if stores.is_empty() {
+            return;
+        }
+        let rows = match self.db.calls_changed_since(since).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not catch up after a bus gap");
+                return;
+            }
+        };
+        let mut offered = 0;
+        for row in rows.iter().filter(|r| stores.contains(&r.store)) {
+            let mut event = crate::server::event_for(row, ttl);
+            event.published_at = crate::db::from_millis(row.updated_at);
+            event.expires_at =
+                event.published_at + chrono::Duration::from_std(ttl).unwrap_or_default();
+            let _ = self.handle(event).await;
+            offered += 1;
+        }
+        tracing::info!(changes = offered, "caught up after a bus gap");
     }
 }
 

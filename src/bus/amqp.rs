@@ -320,7 +320,8 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
         };
         failures = 0;
         let link = Arc::new(link);
-        if !first {
+        let reconnected = !first;
+        if reconnected {
             m::reconnected();
         }
         first = false;
@@ -329,6 +330,9 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
         inner.connected.store(true, Ordering::SeqCst);
         m::bus_connected(true);
         inner.flush_outbox(&link).await;
+        if reconnected {
+            inner.handler.resync().await;
+        }
 
         let reason = inner.consume(&link).await;
         inner.connected.store(false, Ordering::SeqCst);

@@ -55,6 +55,12 @@ pub struct HandleError(pub String);
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError>;
+
+    /// The bus link came back after a gap during which this instance's
+    /// queue did not exist: events published meanwhile never reached it.
+    /// The handler may catch up from elsewhere (the hub does, from the
+    /// database).
+    async fn resync(&self) {}
 }
 
 /// Publishes call events to every instance, and delivers every instance's

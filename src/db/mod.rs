@@ -505,6 +505,18 @@ impl Db {
             .await)?)
     }
 
+    /// Calls of any store that changed at or after `since`, oldest first.
+    pub async fn calls_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<CallRow>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE updated_at >= $1 AND store <> '' \
+             ORDER BY updated_at LIMIT 10000"
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+            .bind(millis(since))
+            .fetch_all(pool)
+            .await)?)
+    }
+
     /// Marks a call acknowledged by a tablet; only the first ACK counts.
     /// Returns whether this was the first.
     pub async fn acknowledge_call(&self, seq: &str, store: &str, tablet: &str) -> Result<bool> {

@@ -203,3 +203,56 @@ impl Client {
         assert_eq!(r.get("receipt-id"), Some(format!("r-{id}").as_str()));
     }
 }
+
+/// What waiting for a frame produced.
+#[derive(Debug)]
+pub enum Polled {
+    Frame(Got),
+    Timeout,
+    Closed,
+}
+
+impl Client {
+    /// Like `next`, but tells a quiet connection from a closed one.
+    pub async fn poll(&mut self, within: Duration) -> Polled {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut frames = split_frames(&mut self.pending, &mut self.beats);
+            if !frames.is_empty() {
+                let first = frames.remove(0);
+                for f in frames.into_iter().rev() {
+                    self.requeue(f);
+                }
+                return Polled::Frame(first);
+            }
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Polled::Timeout,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                    return Polled::Closed
+                }
+                Ok(Some(Ok(Message::Text(t)))) => self.pending.push_str(&t),
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    self.pending.push_str(&String::from_utf8_lossy(&b))
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Opens a connection, failing softly (for clients that reconnect).
+    pub async fn try_open(url: &str) -> Option<Client> {
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(Client {
+            ws,
+            pending: String::new(),
+            beats: 0,
+            protocol: None,
+        })
+    }
+}

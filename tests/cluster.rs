@@ -1,0 +1,535 @@
+//! The situation bizcall exists for: three real instances behind nginx on
+//! PostgreSQL and RabbitMQ, 20 stores with 2 tablets each connected through
+//! nginx, and 1000 CDRs posted through nginx at a steady rate while an
+//! instance is killed, the broker restarts, and every instance is restarted
+//! in turn. Prints a summary table and fails on any loss, duplicate or leak.
+//!
+//! It restarts the shared broker, so it lives alone in its own test binary.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::stomp::{Client, Polled};
+use common::{Backend, Broker, Instance, TestDb};
+use tokio_util::sync::CancellationToken;
+
+const STORES: usize = 20;
+const TABLETS_PER_STORE: usize = 2;
+const PER_PHASE: usize = 250;
+const RATE_PER_SEC: u64 = 50;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn vn(store: usize) -> String {
+    format!("0507000{store:04}")
+}
+
+/// What one tablet saw.
+#[derive(Default)]
+struct TabletLog {
+    /// call id → how many popups.
+    popups: HashMap<String, usize>,
+    /// Calls found in the call list after a (re)connect.
+    recovered: HashSet<String>,
+    foreign: Vec<String>,
+    stale: Vec<String>,
+    reconnects: usize,
+    latencies_ms: Vec<f64>,
+}
+
+struct Tablet {
+    slug: String,
+    log: Arc<Mutex<TabletLog>>,
+}
+
+type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn run_tablet(
+    base: String,
+    slug: String,
+    token: String,
+    log: Arc<Mutex<TabletLog>>,
+    sent: SentAt,
+    stop: CancellationToken,
+) {
+    let ws = format!("{}/ws", base.replace("http://", "ws://"));
+    let mut first = true;
+    while !stop.is_cancelled() {
+        if !first {
+            log.lock().unwrap().reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        first = false;
+        let Some(mut c) = Client::try_open(&ws).await else {
+            continue;
+        };
+        c.send_raw(&format!(
+            "CONNECT\naccept-version:1.2\npasscode:{token}\nheart-beat:0,0\n\n\0"
+        ))
+        .await;
+        match c.poll(Duration::from_secs(5)).await {
+            Polled::Frame(f) if f.command == "CONNECTED" => {}
+            _ => continue,
+        }
+        c.send_raw(&format!(
+            "SUBSCRIBE\nid:0\ndestination:/topic/call-store/{slug}\nack:auto\nreceipt:s\n\n\0"
+        ))
+        .await;
+        match c.poll(Duration::from_secs(5)).await {
+            Polled::Frame(f) if f.command == "RECEIPT" => {}
+            _ => continue,
+        }
+        // Recover what was missed while away, as the tablet page does.
+        let list = common::http()
+            .get(format!("{base}/api/stores/{slug}/calls?limit=500"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        if let Ok(r) = list {
+            if let Ok(serde_json::Value::Array(calls)) = r.json::<serde_json::Value>().await {
+                let mut l = log.lock().unwrap();
+                for call in calls {
+                    if let Some(id) = call["callId"].as_str() {
+                        l.recovered.insert(id.to_string());
+                    }
+                }
+            }
+        }
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match c.poll(Duration::from_millis(500)).await {
+                Polled::Timeout => {}
+                Polled::Closed => break,
+                Polled::Frame(f) if f.command == "MESSAGE" => {
+                    let ev = f.json();
+                    let id = ev["callId"].as_str().unwrap_or("").to_string();
+                    let expires: DateTime<Utc> = ev["expiresAt"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_default();
+                    let mut l = log.lock().unwrap();
+                    if ev["store"] != slug.as_str() {
+                        l.foreign.push(id.clone());
+                    }
+                    if Utc::now() > expires {
+                        l.stale.push(id.clone());
+                    }
+                    if let Some(at) = sent.lock().unwrap().get(&id) {
+                        l.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    *l.popups.entry(id).or_default() += 1;
+                }
+                Polled::Frame(_) => break, // ERROR (server restart…): reconnect
+            }
+        }
+    }
+}
+
+/// Posts a CDR through nginx the way the provider does: until it is `OK`.
+async fn provider_post(base: &str, seq: &str, store: usize) -> bool {
+    let v = vn(store);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let code = common::post_cdr(
+            base,
+            &[
+                ("seq", seq),
+                ("sdt", "20261122101500"),
+                ("fromn", "010-5555-0000"),
+                ("ton", "02"),
+                ("vn", &v),
+            ],
+        )
+        .await;
+        if code == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct StartAppOnDrop;
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+    }
+}
+
+struct Nginx(std::process::Child);
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers too.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    ports: Vec<u16>,
+    instances: Vec<Option<Instance>>,
+}
+
+impl Cluster {
+    fn start_instance(&mut self, i: usize) {
+        let mut env = self.env.clone();
+        env.push((
+            "BIZCALL_SERVER__LISTEN".into(),
+            format!("127.0.0.1:{}", self.ports[i]),
+        ));
+        self.instances[i] = Some(Instance::spawn(self.dir.path(), &common::env_refs(&env)));
+    }
+
+    async fn wait_bus_up(&self, i: usize) {
+        let base = format!("http://127.0.0.1:{}", self.ports[i]);
+        common::eventually(Duration::from_secs(60), "instance bus up", || {
+            let base = base.clone();
+            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_behind_nginx_survive_failures() {
+    let _guard = StartAppOnDrop;
+    assert!(
+        Path::new("/usr/sbin/nginx").exists(),
+        "nginx is missing: apt-get install nginx (scripts/test does)"
+    );
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = Broker::new();
+    let pool = db.connect().await;
+    let mut tokens = Vec::new();
+    for s in 0..STORES {
+        let slug = format!("store{s:02}");
+        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
+        let mut t = Vec::new();
+        for _ in 0..TABLETS_PER_STORE {
+            t.push(pool.token_issue(&slug, "cluster").await.unwrap().1);
+        }
+        tokens.push((slug, t));
+    }
+
+    let mut env = broker.env();
+    env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
+    env.push((
+        "BIZCALL_SERVER__TRUSTED_PROXIES".into(),
+        "[\"127.0.0.1/32\"]".into(),
+    ));
+    env.push(("BIZCALL_BUS__MESSAGE_TTL".into(), "5s".into()));
+    let mut cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        env,
+        ports: (0..3).map(|_| free_port()).collect(),
+        instances: vec![None, None, None],
+    };
+    for i in 0..3 {
+        cluster.start_instance(i);
+    }
+    for i in 0..3 {
+        cluster.wait_bus_up(i).await;
+    }
+
+    // nginx in front, from the same template scripts/cluster uses.
+    let ndir = tempfile::tempdir().unwrap();
+    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(ndir.path().join("tmp").join(sub)).unwrap();
+    }
+    let nport = free_port();
+    let servers: String = cluster
+        .ports
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
+        .collect();
+    let conf = include_str!("../deploy/nginx.conf.template")
+        .replace("@DIR@", ndir.path().to_str().unwrap())
+        .replace("@LISTEN@", &format!("127.0.0.1:{nport}"))
+        .replace("@USER@", "user root;")
+        .replace("@SERVERS@", &servers);
+    let conf_path = ndir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let _nginx = Nginx(
+        std::process::Command::new("/usr/sbin/nginx")
+            .args([
+                "-p",
+                ndir.path().to_str().unwrap(),
+                "-c",
+                conf_path.to_str().unwrap(),
+                "-g",
+                "daemon off;",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    let base = format!("http://127.0.0.1:{nport}");
+    common::eventually(Duration::from_secs(10), "nginx up", || {
+        let base = base.clone();
+        async move {
+            common::http()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+
+    // Tablets, through nginx.
+    let sent: SentAt = Arc::default();
+    let stop = CancellationToken::new();
+    let mut tablets = Vec::new();
+    let mut tasks = Vec::new();
+    for (slug, toks) in &tokens {
+        for tok in toks {
+            let log: Arc<Mutex<TabletLog>> = Arc::default();
+            tablets.push(Tablet {
+                slug: slug.clone(),
+                log: log.clone(),
+            });
+            tasks.push(tokio::spawn(run_tablet(
+                base.clone(),
+                slug.clone(),
+                tok.clone(),
+                log,
+                sent.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    common::eventually(Duration::from_secs(30), "all tablets connected", || async {
+        let mut n = 0.0;
+        for p in &cluster.ports {
+            n += common::metric(
+                &format!("http://127.0.0.1:{p}"),
+                "bizcall_tablets_connected",
+            )
+            .await;
+        }
+        n == (STORES * TABLETS_PER_STORE) as f64
+    })
+    .await;
+    let mut spread = Vec::new();
+    for p in &cluster.ports {
+        spread.push(
+            common::metric(
+                &format!("http://127.0.0.1:{p}"),
+                "bizcall_tablets_connected",
+            )
+            .await,
+        );
+    }
+    println!("tablets per instance: {spread:?}");
+    assert!(
+        spread.iter().all(|n| *n > 0.0),
+        "nginx spreads tablets over every instance: {spread:?}"
+    );
+
+    // The provider: 4 phases × 250 CDRs at a steady rate.
+    let mut ok: Vec<(String, usize)> = Vec::new();
+    let mut lost: Vec<String> = Vec::new();
+    let mut outage_calls: Vec<String> = Vec::new();
+    let mut n = 0;
+    for phase in 0..4 {
+        let mut ticker = tokio::time::interval(Duration::from_millis(1000 / RATE_PER_SEC));
+        let mut posts = Vec::new();
+        for k in 0..PER_PHASE {
+            ticker.tick().await;
+            match (phase, k) {
+                (1, 80) => {
+                    // kill -9 one instance in the middle of the stream.
+                    if let Some(mut inst) = cluster.instances[1].take() {
+                        let _ = inst.child.kill();
+                        let _ = inst.child.wait();
+                    }
+                }
+                (1, 200) => cluster.start_instance(1),
+                (2, 60) => rabbitmqctl(&["stop_app"]),
+                (2, 160) => rabbitmqctl(&["start_app"]),
+                (3, 20) | (3, 100) | (3, 180) => {
+                    // Rolling restart: SIGTERM, then start again.
+                    let i = [20, 100, 180].iter().position(|x| *x == k).unwrap();
+                    if let Some(mut inst) = cluster.instances[i].take() {
+                        inst.terminate();
+                    }
+                    cluster.start_instance(i);
+                }
+                _ => {}
+            }
+            n += 1;
+            let seq = format!("cl{n:05}");
+            let store = (n * 13) % STORES;
+            sent.lock().unwrap().insert(seq.clone(), Instant::now());
+            if phase == 2 && (60..170).contains(&k) {
+                outage_calls.push(seq.clone());
+            }
+            let base = base.clone();
+            posts.push(tokio::spawn(async move {
+                let done = provider_post(&base, &seq, store).await;
+                (seq, store, done)
+            }));
+        }
+        for p in posts {
+            let (seq, store, done) = p.await.unwrap();
+            if done {
+                ok.push((seq, store));
+            } else {
+                lost.push(seq);
+            }
+        }
+        if phase == 1 {
+            cluster.wait_bus_up(1).await;
+        }
+        if phase == 2 {
+            for i in 0..3 {
+                cluster.wait_bus_up(i).await;
+            }
+        }
+    }
+    // Let the last popups land.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // Every CDR answered OK is stored.
+    let mut missing_rows = Vec::new();
+    for (seq, _) in &ok {
+        if pool.call(seq).await.unwrap().is_none() {
+            missing_rows.push(seq.clone());
+        }
+    }
+    // Calls from the broker outage are in the call list.
+    for seq in &outage_calls {
+        let row = pool.call(seq).await.unwrap();
+        assert!(row.is_some(), "{seq} from the outage is not stored");
+    }
+
+    let by_store: HashMap<usize, Vec<&String>> =
+        ok.iter().fold(HashMap::new(), |mut m, (seq, s)| {
+            m.entry(*s).or_default().push(seq);
+            m
+        });
+    let outage: HashSet<&String> = outage_calls.iter().collect();
+    let (
+        mut delivered,
+        mut recovered_only,
+        mut missed,
+        mut dups,
+        mut foreign,
+        mut stale,
+        mut reconnects,
+    ) = (0, 0, 0, 0, 0, 0, 0);
+    let mut missed_examples = Vec::new();
+    let mut lat: Vec<f64> = Vec::new();
+    for t in &tablets {
+        let l = t.log.lock().unwrap();
+        let store: usize = t.slug.trim_start_matches("store").parse().unwrap();
+        dups += l.popups.values().filter(|c| **c > 1).count();
+        foreign += l.foreign.len();
+        stale += l.stale.len();
+        reconnects += l.reconnects;
+        lat.extend(&l.latencies_ms);
+        for seq in by_store.get(&store).into_iter().flatten() {
+            if l.popups.contains_key(*seq) {
+                delivered += 1;
+            } else if l.recovered.contains(*seq) {
+                recovered_only += 1;
+            } else if outage.contains(*seq) {
+                // Its event expired in the outage; it is in the call list.
+                recovered_only += 1;
+            } else {
+                missed += 1;
+                if missed_examples.len() < 5 {
+                    missed_examples.push(format!("{} missed {seq}", t.slug));
+                }
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((lat.len() - 1) as f64 * p) as usize]
+        }
+    };
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| CDRs sent | {} |", n);
+    println!("| CDRs answered OK | {} |", ok.len());
+    println!("| CDRs never answered OK | {} |", lost.len());
+    println!("| OK but not stored (lost) | {} |", missing_rows.len());
+    println!("| tablets | {} |", tablets.len());
+    println!(
+        "| popups expected (calls × tablets of the store) | {} |",
+        delivered + recovered_only + missed
+    );
+    println!("| delivered as popups | {delivered} |");
+    println!("| recovered from the call list | {recovered_only} |");
+    println!("| missed altogether | {missed} |");
+    println!("| duplicate popups | {dups} |");
+    println!("| cross-store deliveries | {foreign} |");
+    println!("| popups shown after expiresAt | {stale} |");
+    println!("| tablet reconnects | {reconnects} |");
+    println!(
+        "| webhook→popup p50 / p99 (ms) | {:.1} / {:.1} |",
+        pct(0.50),
+        pct(0.99)
+    );
+    println!();
+
+    assert!(lost.is_empty(), "CDRs never answered OK: {lost:?}");
+    assert!(
+        missing_rows.is_empty(),
+        "answered OK but not stored: {missing_rows:?}"
+    );
+    assert_eq!(dups, 0, "duplicate popups");
+    assert_eq!(foreign, 0, "cross-store deliveries");
+    assert_eq!(stale, 0, "popups after expiry");
+    assert_eq!(
+        missed, 0,
+        "calls neither shown nor recovered: {missed_examples:?}"
+    );
+    assert!(delivered > recovered_only, "most calls arrive as popups");
+
+    drop(cluster);
+    pool.close().await;
+    broker.cleanup().await;
+    db.cleanup().await;
+}
