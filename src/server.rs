@@ -71,8 +71,22 @@ impl Server {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit: every tablet is a
+/// socket. Returns the resulting cap.
+pub fn raise_file_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
 /// Opens the database (running migrations), starts the bus and serves.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    match raise_file_limit() {
+        Some(cap) => tracing::info!(
+            open_files = cap,
+            "open-file limit raised to the hard limit: about {} tablets per instance",
+            cap.saturating_sub(64)
+        ),
+        None => tracing::warn!("could not read or raise the open-file limit"),
+    }
     let config = Arc::new(config);
     let db = Db::connect(&config.database.url).await.map_err(|e| {
         anyhow::anyhow!(
