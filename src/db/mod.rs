@@ -296,19 +296,22 @@ impl Db {
     }
 
     /// The store owning a call: the one that registered `vn`, else `ton`.
+    /// One round trip for both numbers.
     pub async fn store_for_call(&self, vn: Option<&str>, ton: &str) -> Result<Option<String>> {
-        for number in vn.into_iter().chain(std::iter::once(ton)) {
-            let slug: Option<String> = on_pool!(self, pool => sqlx::query_scalar(
-                "SELECT s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id WHERE n.number = $1",
-            )
-            .bind(number)
-            .fetch_optional(pool)
-            .await)?;
-            if slug.is_some() {
-                return Ok(slug);
-            }
-        }
-        Ok(None)
+        let rows: Vec<(String, String)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT n.number, s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id \
+             WHERE n.number = $1 OR n.number = $2",
+        )
+        .bind(vn.unwrap_or(ton))
+        .bind(ton)
+        .fetch_all(pool)
+        .await)?;
+        let owner = |number: &str| {
+            rows.iter()
+                .find(|(n, _)| n == number)
+                .map(|(_, s)| s.clone())
+        };
+        Ok(vn.and_then(owner).or_else(|| owner(ton)))
     }
 
     // ---- tokens -------------------------------------------------------
@@ -451,16 +454,33 @@ impl Db {
             .await)?)
     }
 
-    /// The call's latest change has been handed to the bus.
+    /// The call's latest change has been handed to the bus. Losing this
+    /// mark in a crash only means a repeat of the CDR publishes it again
+    /// (and tablets drop the duplicate), so PostgreSQL need not wait for
+    /// the disk here.
     pub async fn mark_published(&self, seq: &str, updated_at: i64) -> Result<()> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE calls SET event_pending = 0 WHERE seq = $1 AND updated_at = $2",
-        )
-        .bind(seq)
-        .bind(updated_at)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+        const SQL: &str = "UPDATE calls SET event_pending = 0 WHERE seq = $1 AND updated_at = $2";
+        match self {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(SQL)
+                    .bind(seq)
+                    .bind(updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query(SQL)
+                    .bind(seq)
+                    .bind(updated_at)
+                    .execute(pool)
+                    .await?;
+            }
+        }
         Ok(())
     }
 

@@ -867,6 +867,14 @@ async fn webstomp(a: WebstompArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.common.out {
         std::fs::write(dir.join("webstomp.hist"), histogram_text(&series.hist))?;
     }
+    for s in 0..a.stores {
+        let _ = publisher
+            .exchange_delete(
+                format!("{prefix}-{s}").as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
     let _ = conn.close(200, "done".into()).await;
     Ok(())
 }
