@@ -41,7 +41,7 @@ const RECONNECT_CAP: Duration = Duration::from_secs(10);
 /// Why the broker could not be used, each with its own line for people.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs 'fanout': delete it (rabbitmqctl delete_exchange {exchange}, or rabbitmqadmin delete exchange name={exchange}) or choose another amqp.exchange")]
+    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs 'fanout': delete it (rabbitmqadmin delete exchange name={exchange}, or the management UI) or choose another amqp.exchange")]
     ExchangeType { exchange: String, current: String },
     #[error("RabbitMQ at {broker} refused the credentials in amqp.url: check the user name and password")]
     Credentials { broker: String },

@@ -1018,7 +1018,7 @@ fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
     let mut series = Vec::new();
     let mut md = String::new();
     md.push_str("| series | deliveries | per s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | lost | duplicates |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for name in ["floor", "bizcall", "webstomp"] {
+    for name in ["floor", "bizcall", "webstomp", "socketio"] {
         let Some((s, json)) = load_series(dir, name) else {
             continue;
         };
@@ -1056,7 +1056,7 @@ fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             .as_f64()
     };
     md.push_str("\n| measure | value |\n|---|---|\n");
-    let rows: [(&str, Option<f64>, &str); 11] = [
+    let rows: Vec<(&str, Option<f64>, &str)> = vec![
         ("bizcall tablets connected", get("bizcall", "tablets"), ""),
         (
             "bizcall connect rate",
