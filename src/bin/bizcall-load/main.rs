@@ -1084,6 +1084,23 @@ fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             "KiB",
         ),
         (
+            "Socket.IO clients connected",
+            get("socketio", "tablets"),
+            "",
+        ),
+        (
+            "Socket.IO instance memory per idle connected client",
+            get("socketio", "rss_per_idle_tablet_kib"),
+            "KiB",
+        ),
+        (
+            "p50 bizcall − p50 Socket.IO",
+            get("bizcall", "p50_ms")
+                .zip(get("socketio", "p50_ms"))
+                .map(|(a, b)| a - b),
+            "ms",
+        ),
+        (
             "p50 bizcall − p50 floor",
             get("bizcall", "p50_ms")
                 .zip(get("floor", "p50_ms"))
