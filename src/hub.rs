@@ -436,11 +436,8 @@ impl EventHandler for Hub {
         };
         let mut offered = 0;
         for row in rows.iter().filter(|r| stores.contains(&r.store)) {
-            let mut event = crate::server::event_for(row, ttl);
-            event.published_at = crate::db::from_millis(row.updated_at);
-            event.expires_at =
-                event.published_at + chrono::Duration::from_std(ttl).unwrap_or_default();
-            let _ = self.handle(event).await;
+            let at = crate::db::from_millis(row.updated_at);
+            let _ = self.handle(row.event_at(ttl, at)).await;
             offered += 1;
         }
         tracing::info!(changes = offered, "caught up after a bus gap");

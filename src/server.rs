@@ -13,9 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::local::LocalBus;
 use crate::bus::{EventHandler, SharedBus};
-use crate::call::{CallEvent, EventKind};
 use crate::config::{BusKind, Config};
-use crate::db::{from_millis, CallRow, Db};
+use crate::db::Db;
 use crate::hub::Hub;
 
 /// How often the retention job looks for old calls.
@@ -31,24 +30,6 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Cancelled when the instance starts to stop.
     pub shutdown: CancellationToken,
-}
-
-/// The call event for a stored call, published now.
-pub fn event_for(row: &CallRow, ttl: Duration) -> CallEvent {
-    let now = Utc::now();
-    CallEvent {
-        kind: EventKind::Call,
-        call_id: row.seq.clone(),
-        store: row.store.clone(),
-        status: row.status(),
-        caller_number: row.caller.clone(),
-        virtual_number: row.virtual_number.clone(),
-        started_at: from_millis(row.started_at),
-        answered_at: row.answered_at.map(from_millis),
-        ended_at: row.ended_at.map(from_millis),
-        published_at: now,
-        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30)),
-    }
 }
 
 /// A running instance.

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::call::CallStatus;
+use crate::call::{CallEvent, CallStatus, EventKind};
 use crate::cdr::Cdr;
 use crate::token;
 
@@ -89,6 +89,25 @@ pub struct CallRow {
 impl CallRow {
     pub fn status(&self) -> CallStatus {
         self.status.parse().unwrap_or(CallStatus::Ringing)
+    }
+
+    /// The call event for this call's latest state, as published at `at`
+    /// (expiring `ttl` later).
+    pub fn event_at(&self, ttl: Duration, at: DateTime<Utc>) -> CallEvent {
+        CallEvent {
+            kind: EventKind::Call,
+            call_id: self.seq.clone(),
+            store: self.store.clone(),
+            status: self.status(),
+            caller_number: self.caller.clone(),
+            virtual_number: self.virtual_number.clone(),
+            started_at: from_millis(self.started_at),
+            answered_at: self.answered_at.map(from_millis),
+            ended_at: self.ended_at.map(from_millis),
+            published_at: at,
+            expires_at: at
+                + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30)),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use axum::Json;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::call::{kst_offset, to_kst_string, to_utc_millis_string, CallEvent, EventKind};
+use crate::call::{kst_offset, to_kst_string, to_utc_millis_string};
 use crate::cdr::normalize_number;
 use crate::db::{from_millis, CallRow, NewReservation, Reservation, TokenInfo};
 use crate::server::App;
@@ -92,20 +92,7 @@ fn db_down() -> Response {
 /// A stored call as the call list serves it: the call event's fields for
 /// its latest state, plus whether a tablet acknowledged it.
 pub fn call_json(row: &CallRow, ttl: std::time::Duration) -> Value {
-    let published = from_millis(row.updated_at);
-    let event = CallEvent {
-        kind: EventKind::Call,
-        call_id: row.seq.clone(),
-        store: row.store.clone(),
-        status: row.status(),
-        caller_number: row.caller.clone(),
-        virtual_number: row.virtual_number.clone(),
-        started_at: from_millis(row.started_at),
-        answered_at: row.answered_at.map(from_millis),
-        ended_at: row.ended_at.map(from_millis),
-        published_at: published,
-        expires_at: published + chrono::Duration::from_std(ttl).unwrap_or_default(),
-    };
+    let event = row.event_at(ttl, from_millis(row.updated_at));
     let mut v = serde_json::to_value(&event).unwrap_or(Value::Null);
     v["acknowledged"] = Value::Bool(row.acknowledged_at.is_some());
     v["acknowledgedAt"] = match row.acknowledged_at {

@@ -192,7 +192,7 @@ async fn ingest(app: &App, cdr: &Cdr) -> Response {
 /// Publishes a stored change and records that it reached the bus. A failed
 /// publish is kept by the bus and retried there; the row stays pending.
 async fn publish(app: &App, row: &crate::db::CallRow) {
-    let event = crate::server::event_for(row, app.config.bus.message_ttl);
+    let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
     match app.bus.publish(&event).await {
         Ok(()) => {
             if let Err(e) = app.db.mark_published(&row.seq, row.updated_at).await {
