@@ -342,13 +342,19 @@ impl Hub {
     /// Whether the event is new: not a duplicate and not older than what
     /// was already shown for its call.
     fn fresh(&self, event: &CallEvent, now: DateTime<Utc>) -> bool {
+        // Copies of one change can arrive a while apart (an outbox republish,
+        // a catch-up after a bus gap, each with its own expiry), so what was
+        // seen is remembered for a TTL past its own expiry.
+        let ttl = chrono::Duration::from_std(self.config.bus.message_ttl).unwrap_or_default();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 10_000 {
-            seen.retain(|_, s| s.expires_at > now);
+            seen.retain(|_, s| s.expires_at + ttl > now);
         }
         let rank = event.status.rank();
-        // What was seen no longer counts once its popup has expired.
-        match seen.get(&event.call_id).filter(|s| s.expires_at > now) {
+        match seen
+            .get(&event.call_id)
+            .filter(|s| s.expires_at + ttl > now)
+        {
             Some(s) if rank < s.rank => false,
             Some(s)
                 if s.status == event.status

@@ -13,6 +13,10 @@ use crate::call::CallEvent;
 use crate::hub::{AckKind, CloseReason, Hub, Tablet};
 use crate::metrics as m;
 
+/// Popups with less time than this left are not sent: by the time they
+/// reach the tablet they would be past `expiresAt`.
+const STALE_MARGIN: chrono::Duration = chrono::Duration::milliseconds(250);
+
 /// The destination prefix of a store's calls.
 pub const DESTINATION_PREFIX: &str = "/topic/call-store/";
 
@@ -370,7 +374,8 @@ impl Session {
             return Vec::new();
         };
         let now = Utc::now();
-        if !event.is_live(now) {
+        // A popup about to expire would reach the tablet after it: drop it.
+        if !event.is_live(now + STALE_MARGIN) {
             m::popup_expired();
             return Vec::new();
         }
