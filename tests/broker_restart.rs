@@ -9,28 +9,7 @@ use std::time::Duration;
 
 use bizcall::bus::BusState;
 use chrono::Utc;
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts the broker's application again however the test ends.
-struct StartAppOnDrop;
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
-}
+use common::{rabbitmqctl, StartAppOnDrop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdrs_survive_connection_loss_and_a_broker_restart() {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::stomp::{Client, Polled};
+use common::{rabbitmqctl, StartAppOnDrop};
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -160,27 +161,6 @@ async fn provider_post(base: &str, seq: &str, store: usize) -> bool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct StartAppOnDrop;
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
 }
 
 struct Nginx(std::process::Child);

@@ -410,3 +410,27 @@ pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
         Err(_) => 0,
     }
 }
+
+/// Runs `rabbitmqctl <args>`, asserting it succeeds.
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the broker's application again however a test that stops it ends.
+pub struct StartAppOnDrop;
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+    }
+}

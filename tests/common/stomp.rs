@@ -120,28 +120,12 @@ impl Client {
             .expect("send");
     }
 
-    /// The next frame, or `None` when the connection closed first.
+    /// The next frame, or `None` when the connection closed or nothing came
+    /// within `within`.
     pub async fn next(&mut self, within: Duration) -> Option<Got> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let mut frames = split_frames(&mut self.pending, &mut self.beats);
-            if !frames.is_empty() {
-                let first = frames.remove(0);
-                // Put back what follows, re-encoded is not needed: keep order.
-                for f in frames.into_iter().rev() {
-                    self.requeue(f);
-                }
-                return Some(first);
-            }
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
-            match msg {
-                Ok(Message::Text(t)) => self.pending.push_str(&t),
-                Ok(Message::Binary(b)) => self.pending.push_str(&String::from_utf8_lossy(&b)),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
+        match self.poll(within).await {
+            Polled::Frame(f) => Some(f),
+            Polled::Timeout | Polled::Closed => None,
         }
     }
 
