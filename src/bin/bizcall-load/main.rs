@@ -594,6 +594,34 @@ fn histogram_text(h: &hdrhistogram::Histogram<u64>) -> String {
         .collect()
 }
 
+/// Publishes one message with a confirm in the background, counting a
+/// failure or a nack in `errors`.
+fn spawn_publish(
+    publisher: Arc<lapin::Channel>,
+    exchange: String,
+    payload: String,
+    props: lapin::BasicProperties,
+    errors: Arc<AtomicU64>,
+) {
+    tokio::spawn(async move {
+        let confirmed = async {
+            publisher
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "".into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    payload.as_bytes(),
+                    props,
+                )
+                .await?
+                .await
+        };
+        if !matches!(confirmed.await, Ok(c) if c.is_ack()) {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
 // ---- amqp: the floor ------------------------------------------------------------
 
 async fn amqp(a: AmqpArgs) -> anyhow::Result<()> {
@@ -680,25 +708,14 @@ async fn amqp(a: AmqpArgs) -> anyhow::Result<()> {
         sent.lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Instant::now());
-        let (publisher, exchange, errors) = (publisher.clone(), exchange.clone(), errors.clone());
-        tokio::spawn(async move {
-            let props = lapin::BasicProperties::default().with_expiration("30000".into());
-            let confirmed = async {
-                publisher
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "".into(),
-                        BasicPublishOptions::default(),
-                        payload.as_bytes(),
-                        props,
-                    )
-                    .await?
-                    .await
-            };
-            if !matches!(confirmed.await, Ok(c) if c.is_ack()) {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        let props = lapin::BasicProperties::default().with_expiration("30000".into());
+        spawn_publish(
+            publisher.clone(),
+            exchange.clone(),
+            payload,
+            props,
+            errors.clone(),
+        );
         bar.inc(1);
         while let Ok(d) = rx.try_recv() {
             tally.add(d, &sent);
@@ -801,31 +818,16 @@ async fn webstomp(a: WebstompArgs) -> anyhow::Result<()> {
         sent.lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Instant::now());
-        let (publisher, exchange, errors) = (
+        let props = lapin::BasicProperties::default()
+            .with_expiration("30000".into())
+            .with_content_type("application/json".into());
+        spawn_publish(
             publisher.clone(),
             format!("{prefix}-{store}"),
+            payload,
+            props,
             errors.clone(),
         );
-        tokio::spawn(async move {
-            let props = lapin::BasicProperties::default()
-                .with_expiration("30000".into())
-                .with_content_type("application/json".into());
-            let confirmed = async {
-                publisher
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "".into(),
-                        BasicPublishOptions::default(),
-                        payload.as_bytes(),
-                        props,
-                    )
-                    .await?
-                    .await
-            };
-            if !matches!(confirmed.await, Ok(c) if c.is_ack()) {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        });
         bar.inc(1);
         while let Ok(d) = rx.try_recv() {
             tally.add(d, &sent);
