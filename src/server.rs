@@ -117,6 +117,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let served = app.clone();
     let task = tokio::spawn(async move {
         let stop = served.shutdown.clone();
+        // Popups and webhook answers are small writes that must leave at
+        // once: no Nagle delay on any connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let result = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -58,6 +58,13 @@ enum Cmd {
     Intake(IntakeArgs),
     /// Draws every series in DIR into latency.svg and writes results.md.
     Plot { dir: PathBuf },
+    /// Deletes exchanges a run declared (the service's are durable).
+    DropExchanges {
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -155,8 +162,25 @@ fn main() -> anyhow::Result<()> {
             Cmd::Webstomp(a) => webstomp(a).await,
             Cmd::Intake(a) => intake(a).await,
             Cmd::Plot { dir } => plot(&dir),
+            Cmd::DropExchanges { amqp, names } => drop_exchanges(&amqp, &names).await,
         }
     })
+}
+
+async fn drop_exchanges(amqp: &str, names: &[String]) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default())
+        .await
+        .context("broker")?;
+    let channel = conn.create_channel().await?;
+    for name in names {
+        channel
+            .exchange_delete(name.as_str().into(), Default::default())
+            .await
+            .with_context(|| format!("deleting exchange {name}"))?;
+        eprintln!("deleted exchange {name}");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
 }
 
 // ---- /proc ---------------------------------------------------------------
@@ -220,6 +244,9 @@ struct Delivery {
     tablet: usize,
     call_id: String,
     at: Instant,
+    /// Microseconds from the event's `publishedAt` to its receipt (wall
+    /// clocks of the same machine): the bus → hub → socket part alone.
+    since_published_us: Option<i64>,
 }
 
 /// What a tablet logs in with and subscribes to.
@@ -306,14 +333,24 @@ async fn open_tablet(
                 if f.command != Command::Message {
                     continue;
                 }
-                let call_id = serde_json::from_slice::<serde_json::Value>(&f.body)
-                    .ok()
-                    .and_then(|v| v["callId"].as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let wall = Utc::now();
+                let body = serde_json::from_slice::<serde_json::Value>(&f.body).ok();
+                let field = |k: &str| {
+                    body.as_ref()
+                        .and_then(|v| v[k].as_str().map(str::to_string))
+                };
+                let since_published_us = field("publishedAt")
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| {
+                        (wall - t.with_timezone(&Utc))
+                            .num_microseconds()
+                            .unwrap_or(0)
+                    });
                 let _ = tx.send(Delivery {
                     tablet: index,
-                    call_id,
+                    call_id: field("callId").unwrap_or_default(),
                     at,
+                    since_published_us,
                 });
             }
         }
@@ -357,6 +394,8 @@ async fn open_all(
 /// Tallies deliveries against what was sent.
 struct Tally {
     hist: hdrhistogram::Histogram<u64>,
+    /// `publishedAt` → receipt, where the event carries it.
+    after_publish: hdrhistogram::Histogram<u64>,
     seen: HashSet<(usize, String)>,
     duplicates: u64,
     unknown: u64,
@@ -366,6 +405,7 @@ impl Tally {
     fn new() -> Self {
         Tally {
             hist: report::histogram(),
+            after_publish: report::histogram(),
             seen: HashSet::new(),
             duplicates: 0,
             unknown: 0,
@@ -390,6 +430,9 @@ impl Tally {
             &mut self.hist,
             d.at.saturating_duration_since(at).as_micros() as u64,
         );
+        if let Some(us) = d.since_published_us {
+            report::record(&mut self.after_publish, us.max(0) as u64);
+        }
     }
 }
 
@@ -474,6 +517,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let errors = Arc::new(AtomicU64::new(0));
+    // POST → `OK`: the intake part alone.
+    let answered = Arc::new(Mutex::new(report::histogram()));
     let total = a.common.rate * a.common.duration;
     let mut expected: u64 = 0;
     let cpu_before = a.pid.and_then(cpu_seconds);
@@ -497,9 +542,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             "{}/bizcall/cdr",
             a.post_to[n as usize % a.post_to.len()].trim_end_matches('/')
         );
-        let (client, errors, vn, stamp) = (
+        let (client, errors, answered, vn, stamp) = (
             client.clone(),
             errors.clone(),
+            answered.clone(),
             stores[store].clone(),
             stamp.clone(),
         );
@@ -511,8 +557,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 ("ton", "0200000000"),
                 ("vn", vn.as_str()),
             ];
+            let posted = Instant::now();
             match client.post(url).form(&form).send().await {
-                Ok(r) if r.status().is_success() => {}
+                Ok(r) if r.status().is_success() => {
+                    let us = posted.elapsed().as_micros() as u64;
+                    report::record(&mut answered.lock().unwrap_or_else(|p| p.into_inner()), us);
+                }
                 _ => {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -541,6 +591,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         (Some(b), Some(f)) if delivered > 0 => Some((f - b) / delivered as f64 * 1000.0),
         _ => None,
     };
+    let answered = answered.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let q = |h: &hdrhistogram::Histogram<u64>, p: f64| {
+        (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0)
+    };
     let series = Series {
         name: "bizcall webhook→popup".into(),
         hist: tally.hist,
@@ -560,6 +614,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             "rss_after_connect_kib": rss_after,
             "rss_per_idle_tablet_kib": per_tablet_kib,
             "cpu_s_per_1000_deliveries": cpu_per_1000,
+            "webhook_ok_p50_ms": q(&answered, 0.5),
+            "webhook_ok_p99_ms": q(&answered, 0.99),
+            "published_to_popup_p50_ms": q(&tally.after_publish, 0.5),
+            "published_to_popup_p99_ms": q(&tally.after_publish, 0.99),
         }),
     };
     println!("{}", report::table(std::slice::from_ref(&series)));
@@ -568,6 +626,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         opened as f64 / connect_secs.max(1e-9),
         per_tablet_kib.map(|k| format!("{k:.1} KiB")).unwrap_or_else(|| "n/a (no --pid)".into()),
         cpu_per_1000.map(|c| format!("{:.1} ms", c * 1000.0)).unwrap_or_else(|| "n/a".into()),
+    );
+    let p = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    println!(
+        "split: POST→OK p50 {} / p99 {} ms; publishedAt→popup p50 {} / p99 {} ms",
+        p(q(&answered, 0.5)),
+        p(q(&answered, 0.99)),
+        p(q(&tally.after_publish, 0.5)),
+        p(q(&tally.after_publish, 0.99)),
     );
     write_json(&a.common.out, "bizcall", &series.summary())?;
     if let Some(dir) = &a.common.out {
@@ -690,6 +756,7 @@ async fn amqp(a: AmqpArgs) -> anyhow::Result<()> {
                 tablet: 0,
                 call_id: id,
                 at,
+                since_published_us: None,
             });
         }
     });
