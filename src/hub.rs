@@ -209,12 +209,38 @@ struct Seen {
     expires_at: DateTime<Utc>,
 }
 
+/// What the hub has seen per call, pruned in amortised constant time: a
+/// sweep runs only once the map has doubled since the last one.
+#[derive(Debug)]
+struct SeenCalls {
+    calls: HashMap<String, Seen>,
+    prune_above: usize,
+}
+
+impl Default for SeenCalls {
+    fn default() -> Self {
+        SeenCalls {
+            calls: HashMap::new(),
+            prune_above: 10_000,
+        }
+    }
+}
+
+impl SeenCalls {
+    fn prune(&mut self, keep: impl Fn(&Seen) -> bool) {
+        if self.calls.len() > self.prune_above {
+            self.calls.retain(|_, s| keep(s));
+            self.prune_above = (self.calls.len() * 2).max(10_000);
+        }
+    }
+}
+
 pub struct Hub {
     config: Arc<Config>,
     db: Db,
     tablets: RwLock<HashMap<String, HashMap<u64, Arc<Tablet>>>>,
     next_id: AtomicU64,
-    seen: Mutex<HashMap<String, Seen>>,
+    seen: Mutex<SeenCalls>,
     /// Calls whose bus message waits for a tablet's ACK (ack mode manual).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Every event this instance receives, for observers (tests, tools).
@@ -229,7 +255,7 @@ impl Hub {
             db,
             tablets: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(SeenCalls::default()),
             waiting: Mutex::new(HashMap::new()),
             watchers,
         }
@@ -346,10 +372,9 @@ impl Hub {
         // a catch-up after a bus gap, each with its own expiry), so what was
         // seen is remembered for a TTL past its own expiry.
         let ttl = chrono::Duration::from_std(self.config.bus.message_ttl).unwrap_or_default();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 10_000 {
-            seen.retain(|_, s| s.expires_at + ttl > now);
-        }
+        let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        guard.prune(|s| s.expires_at + ttl > now);
+        let seen = &mut guard.calls;
         let rank = event.status.rank();
         match seen
             .get(&event.call_id)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::local::LocalBus;
 use crate::bus::{EventHandler, SharedBus};
 use crate::config::{BusKind, Config};
-use crate::db::Db;
+use crate::db::{Db, PublishMarks};
 use crate::hub::Hub;
 
 /// How often the retention job looks for old calls.
@@ -25,6 +25,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 pub struct App {
     pub config: Arc<Config>,
     pub db: Db,
+    /// Writes "handed to the bus" marks in shared transactions.
+    pub marks: PublishMarks,
     pub bus: SharedBus,
     pub hub: Arc<Hub>,
     pub metrics: PrometheusHandle,
@@ -87,6 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let app = App {
         config: config.clone(),
         db: db.clone(),
+        marks: PublishMarks::start(db.clone()),
         bus,
         hub,
         metrics,

@@ -284,11 +284,7 @@ async fn repeats_updates_and_unknown_stores(backend: Backend) {
     // provider's retry (a repeat) publishes it, once.
     let params = bizcall::cdr::Params::from_urlencoded(q("D1", "").as_bytes()).unwrap();
     let cdr = bizcall::cdr::Cdr::from_params(&params).unwrap();
-    ctx.store()
-        .upsert_call(&cdr, Some("gangnam"))
-        .await
-        .unwrap()
-        .unwrap();
+    ctx.store().upsert_call(&cdr).await.unwrap().unwrap();
     ctx.no_more_events().await;
     assert_eq!(ctx.get(&q("D1", "")).await.0, 200);
     assert_eq!(ctx.next_event().await.call_id, "D1");

@@ -15,6 +15,9 @@ use crate::call::{CallEvent, CallStatus, EventKind};
 use crate::cdr::Cdr;
 use crate::token;
 
+mod marks;
+pub use marks::PublishMarks;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -48,6 +51,9 @@ pub enum DbError {
     /// A request the caller can correct (duplicate slug, unknown store…).
     #[error("{0}")]
     Invalid(String),
+    /// A failure reported by a background writer (see `marks`).
+    #[error("database: {0}")]
+    Background(String),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -170,6 +176,10 @@ impl Db {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // No ping before each query: it doubled the round trips of
+                // every CDR. A connection that died is found by the query
+                // itself (answered 503, the provider retries) and dropped.
+                .test_before_acquire(false)
                 .connect(url)
                 .await?;
             Ok(Db::Postgres(pool))
@@ -314,25 +324,6 @@ impl Db {
         Ok(res? > 0)
     }
 
-    /// The store owning a call: the one that registered `vn`, else `ton`.
-    /// One round trip for both numbers.
-    pub async fn store_for_call(&self, vn: Option<&str>, ton: &str) -> Result<Option<String>> {
-        let rows: Vec<(String, String)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT n.number, s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id \
-             WHERE n.number = $1 OR n.number = $2",
-        )
-        .bind(vn.unwrap_or(ton))
-        .bind(ton)
-        .fetch_all(pool)
-        .await)?;
-        let owner = |number: &str| {
-            rows.iter()
-                .find(|(n, _)| n == number)
-                .map(|(_, s)| s.clone())
-        };
-        Ok(vn.and_then(owner).or_else(|| owner(ton)))
-    }
-
     // ---- tokens -------------------------------------------------------
 
     /// Issues a new tablet token; returns its id and the token, which is
@@ -424,11 +415,13 @@ impl Db {
 
     // ---- calls --------------------------------------------------------
 
-    /// Stores a CDR idempotently by `seq`. A repeat with the same fields
-    /// changes nothing; new fields update the row unless the status would
-    /// move backwards. Returns the row when something changed (a new call,
-    /// or an update to publish), `None` for a repeat or a stale update.
-    pub async fn upsert_call(&self, cdr: &Cdr, store: Option<&str>) -> Result<Option<CallRow>> {
+    /// Stores a CDR idempotently by `seq`, in one statement. The owning
+    /// store is the one that registered `vn`, else `ton` ("" for none). A
+    /// repeat with the same fields changes nothing; new fields update the
+    /// row unless the status would move backwards. Returns the row when
+    /// something changed (a new call, or an update to publish), `None` for
+    /// a repeat or a stale update.
+    pub async fn upsert_call(&self, cdr: &Cdr) -> Result<Option<CallRow>> {
         let now = millis(Utc::now());
         let status = cdr.status();
         let extras = serde_json::to_string(
@@ -438,11 +431,18 @@ impl Db {
                 .collect::<std::collections::BTreeMap<_, _>>(),
         )
         .unwrap_or_else(|_| "{}".into());
+        // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
         let sql = format!(
-            "INSERT INTO calls (seq, store, status, status_rank, started_at, answered_at, ended_at, \
+            "WITH owner AS (SELECT COALESCE( \
+                (SELECT s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id WHERE n.number = $8), \
+                (SELECT s.slug FROM store_numbers n JOIN stores s ON s.id = n.store_id WHERE n.number = $9), \
+                '') AS slug) \
+             INSERT INTO calls (seq, store, status, status_rank, started_at, answered_at, ended_at, \
                 caller, virtual_number, destination, extras, fingerprint, received_at, updated_at, \
                 event_pending) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14) \
+             SELECT $1, owner.slug, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, \
+                CASE WHEN owner.slug = '' THEN 0 ELSE 1 END \
+             FROM owner WHERE true \
              ON CONFLICT (seq) DO UPDATE SET store = excluded.store, status = excluded.status, \
                 status_rank = excluded.status_rank, started_at = excluded.started_at, \
                 answered_at = excluded.answered_at, ended_at = excluded.ended_at, \
@@ -456,7 +456,6 @@ impl Db {
         );
         Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
             .bind(&cdr.seq)
-            .bind(store.unwrap_or(""))
             .bind(status.as_str())
             .bind(i64::from(status.rank()))
             .bind(millis(cdr.started_at))
@@ -468,36 +467,49 @@ impl Db {
             .bind(&extras)
             .bind(cdr.fingerprint())
             .bind(now)
-            .bind(i64::from(store.is_some()))
             .fetch_optional(pool)
             .await)?)
     }
 
-    /// The call's latest change has been handed to the bus. Losing this
+    /// These calls' latest changes (`(seq, updated_at)`) have been handed
+    /// to the bus; one transaction for them all. Losing this
     /// mark in a crash only means a repeat of the CDR publishes it again
     /// (and tablets drop the duplicate), so PostgreSQL need not wait for
     /// the disk here.
-    pub async fn mark_published(&self, seq: &str, updated_at: i64) -> Result<()> {
-        const SQL: &str = "UPDATE calls SET event_pending = 0 WHERE seq = $1 AND updated_at = $2";
+    pub async fn mark_published(&self, marks: &[(String, i64)]) -> Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
         match self {
             Db::Postgres(pool) => {
+                let (seqs, times): (Vec<String>, Vec<i64>) = marks.iter().cloned().unzip();
                 let mut tx = pool.begin().await?;
                 sqlx::query("SET LOCAL synchronous_commit = off")
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(SQL)
+                sqlx::query(
+                    "UPDATE calls SET event_pending = 0 \
+                     FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
+                     WHERE calls.seq = p.seq AND calls.updated_at = p.updated_at",
+                )
+                .bind(seqs)
+                .bind(times)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for (seq, updated_at) in marks {
+                    sqlx::query(
+                        "UPDATE calls SET event_pending = 0 WHERE seq = $1 AND updated_at = $2",
+                    )
                     .bind(seq)
                     .bind(updated_at)
                     .execute(&mut *tx)
                     .await?;
+                }
                 tx.commit().await?;
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query(SQL)
-                    .bind(seq)
-                    .bind(updated_at)
-                    .execute(pool)
-                    .await?;
             }
         }
         Ok(())

@@ -134,15 +134,7 @@ fn bad_request(e: &FieldError) -> Response {
 
 /// Stores the CDR, answers, and publishes what changed.
 async fn ingest(app: &App, cdr: &Cdr) -> Response {
-    let store = match app
-        .db
-        .store_for_call(cdr.virtual_number.as_deref(), &cdr.destination)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return unavailable(cdr, &e),
-    };
-    let row = match app.db.upsert_call(cdr, store.as_deref()).await {
+    let row = match app.db.upsert_call(cdr).await {
         Ok(Some(row)) => row,
         Ok(None) => {
             m::cdr_received("repeat");
@@ -195,7 +187,7 @@ async fn publish(app: &App, row: &crate::db::CallRow) {
     let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
     match app.bus.publish(&event).await {
         Ok(()) => {
-            if let Err(e) = app.db.mark_published(&row.seq, row.updated_at).await {
+            if let Err(e) = app.marks.mark(&row.seq, row.updated_at).await {
                 tracing::warn!(seq = %row.seq, error = %e, "could not mark a call event published");
             }
         }

@@ -36,7 +36,7 @@ pub async fn upgrade(
         .map(str::to_string);
     let url_token = query.get("access_token").cloned();
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {

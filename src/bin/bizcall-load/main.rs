@@ -973,7 +973,7 @@ async fn intake(a: IntakeArgs) -> anyhow::Result<()> {
                 let q = format!("seq=in{run_id}d{w}x{n}&sdt={stamp}&fromn=01012345678&ton=0200000000&vn=0599999999");
                 let Ok(params) = bizcall::cdr::Params::from_urlencoded(q.as_bytes()) else { continue };
                 let Ok(cdr) = bizcall::cdr::Cdr::from_params(&params) else { continue };
-                if db.upsert_call(&cdr, None).await.is_ok() {
+                if db.upsert_call(&cdr).await.is_ok() {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             }
