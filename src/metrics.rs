@@ -87,6 +87,10 @@ fn describe() {
         "bizcall_webhook_to_send_seconds",
         "time from publish to popup sent"
     );
+    describe_histogram!(
+        "bizcall_bus_transit_seconds",
+        "time from publish to the event's arrival from the bus"
+    );
     describe_counter!("bizcall_calls_deleted_total", "calls deleted by retention");
 }
 
@@ -136,6 +140,10 @@ pub fn tablets(connected: usize, stores: usize) {
 pub fn popup_sent(latency: Duration) {
     counter!("bizcall_popups_sent_total").increment(1);
     histogram!("bizcall_webhook_to_send_seconds").record(latency.as_secs_f64());
+}
+/// An event arrived from the bus `latency` after it was published.
+pub fn bus_transit(latency: Duration) {
+    histogram!("bizcall_bus_transit_seconds").record(latency.as_secs_f64());
 }
 pub fn popup_acked() {
     counter!("bizcall_popups_acked_total").increment(1);

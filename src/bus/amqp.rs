@@ -409,7 +409,9 @@ impl Inner {
                 return;
             }
         };
-        if !event.is_live(Utc::now()) {
+        let now = Utc::now();
+        m::bus_transit((now - event.published_at).to_std().unwrap_or_default());
+        if !event.is_live(now) {
             m::expired_before_delivery();
             if acks {
                 m::rejected("expired");
@@ -483,9 +485,15 @@ impl Inner {
                 });
             }
             _ => {
-                if acker.ack(BasicAckOptions::default()).await.is_ok() {
-                    m::acked();
-                }
+                // Not awaited here: waiting for each ack to reach the socket
+                // before taking the next delivery held the whole stream to
+                // one ack per I/O-thread round trip (at 1,000 events a
+                // second, a 12 ms mean transit instead of 3).
+                tokio::spawn(async move {
+                    if acker.ack(BasicAckOptions::default()).await.is_ok() {
+                        m::acked();
+                    }
+                });
             }
         }
     }

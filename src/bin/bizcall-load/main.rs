@@ -106,6 +106,10 @@ struct RunArgs {
     /// Tablets connecting at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Processes whose CPU use is reported over the sending phase
+    /// (`name=PID` or `name=comm:COMMAND`, repeatable).
+    #[arg(long = "cpu-of")]
+    cpu_of: Vec<Watched>,
 }
 
 #[derive(Args)]
@@ -185,6 +189,107 @@ async fn drop_exchanges(amqp: &str, names: &[String]) -> anyhow::Result<()> {
 
 // ---- /proc ---------------------------------------------------------------
 
+/// A process (or every process with one command name) whose CPU time is
+/// read over the sending phase: `name=PID` or `name=comm:COMMAND`.
+#[derive(Clone, Debug)]
+struct Watched {
+    name: String,
+    target: WatchTarget,
+}
+
+#[derive(Clone, Debug)]
+enum WatchTarget {
+    Pid(u32),
+    Comm(String),
+}
+
+impl std::str::FromStr for Watched {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, target) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected name=PID or name=comm:COMMAND, got \"{s}\""))?;
+        let target = match target.strip_prefix("comm:") {
+            Some(comm) => WatchTarget::Comm(comm.to_string()),
+            None => WatchTarget::Pid(
+                target
+                    .parse()
+                    .map_err(|_| format!("expected a pid after '=', got \"{target}\""))?,
+            ),
+        };
+        Ok(Watched {
+            name: name.to_string(),
+            target,
+        })
+    }
+}
+
+impl Watched {
+    fn pids(&self) -> Vec<u32> {
+        match &self.target {
+            WatchTarget::Pid(p) => vec![*p],
+            WatchTarget::Comm(comm) => std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == comm)
+                })
+                .collect(),
+        }
+    }
+
+    /// CPU seconds per process, so processes that come or go between two
+    /// readings are counted only while present in both.
+    fn read(&self) -> HashMap<u32, f64> {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| Some((p, cpu_seconds(p)?)))
+            .collect()
+    }
+}
+
+/// Reads every watched process (and this one) at the start of a phase.
+struct CpuWatch {
+    start: Vec<(String, HashMap<u32, f64>)>,
+    watched: Vec<Watched>,
+    at: Instant,
+}
+
+impl CpuWatch {
+    fn start(watched: &[Watched]) -> Self {
+        let mut watched = watched.to_vec();
+        watched.push(Watched {
+            name: "bizcall-load (this)".into(),
+            target: WatchTarget::Pid(std::process::id()),
+        });
+        CpuWatch {
+            start: watched.iter().map(|w| (w.name.clone(), w.read())).collect(),
+            watched,
+            at: Instant::now(),
+        }
+    }
+
+    /// Cores used by each process over the phase (1.0 = one core busy).
+    fn finish(&self) -> Vec<(String, f64)> {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-9);
+        self.watched
+            .iter()
+            .zip(&self.start)
+            .map(|(w, (name, before))| {
+                let after = w.read();
+                let used: f64 = after
+                    .iter()
+                    .filter_map(|(pid, a)| Some(a - before.get(pid)?))
+                    .sum();
+                (name.clone(), used / secs)
+            })
+            .collect()
+    }
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -202,17 +307,20 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let after = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(100.0)
+    });
     Some(ticks / hz)
 }
 
@@ -528,6 +636,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let total = a.common.rate * a.common.duration;
     let mut expected: u64 = 0;
     let cpu_before = a.pid.and_then(cpu_seconds);
+    let watch = CpuWatch::start(&a.cpu_of);
     let bar = progress(total, "calls");
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / a.common.rate as f64));
@@ -592,6 +701,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     let cpu_after = a.pid.and_then(cpu_seconds);
+    let cores = watch.finish();
     let delivered = tally.seen.len() as u64;
     let cpu_per_1000 = match (cpu_before, cpu_after) {
         (Some(b), Some(f)) if delivered > 0 => Some((f - b) / delivered as f64 * 1000.0),
@@ -624,6 +734,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             "webhook_ok_p99_ms": q(&answered, 0.99),
             "published_to_popup_p50_ms": q(&tally.after_publish, 0.5),
             "published_to_popup_p99_ms": q(&tally.after_publish, 0.99),
+            "cores_used": cores.iter().map(|(n, c)| json!({"process": n, "cores": c})).collect::<Vec<_>>(),
         }),
     };
     println!("{}", report::table(std::slice::from_ref(&series)));
@@ -641,6 +752,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         p(q(&tally.after_publish, 0.5)),
         p(q(&tally.after_publish, 0.99)),
     );
+    if cores.len() > 1 {
+        let list: Vec<String> = cores.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+        println!(
+            "cores used while sending (of {}): {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            list.join(", ")
+        );
+    }
     write_json(&a.common.out, "bizcall", &series.summary())?;
     if let Some(dir) = &a.common.out {
         report::svg(std::slice::from_ref(&series), &dir.join("bizcall.svg"))?;
