@@ -1268,6 +1268,26 @@ fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             "ms",
         ),
         (
+            "bizcall POST → `OK` p50 (intake, answered after the publish confirm)",
+            get("bizcall", "webhook_ok_p50_ms"),
+            "ms",
+        ),
+        (
+            "bizcall POST → `OK` p99",
+            get("bizcall", "webhook_ok_p99_ms"),
+            "ms",
+        ),
+        (
+            "bizcall publishedAt → popup p50 (publishedAt has whole milliseconds: reads ~0.5 ms high)",
+            get("bizcall", "published_to_popup_p50_ms"),
+            "ms",
+        ),
+        (
+            "bizcall publishedAt → popup p99",
+            get("bizcall", "published_to_popup_p99_ms"),
+            "ms",
+        ),
+        (
             "Web-STOMP subscribed connections",
             get("webstomp", "tablets"),
             "",
@@ -1330,6 +1350,19 @@ fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             None => "not measured".into(),
         };
         md.push_str(&format!("| {label} | {shown} |\n"));
+    }
+    let cores = load_series(dir, "bizcall")
+        .and_then(|(_, j)| j.get("cores_used").and_then(|c| c.as_array().cloned()))
+        .unwrap_or_default();
+    if !cores.is_empty() {
+        md.push_str("\n| process, while bizcall's CDRs were sent | cores used |\n|---|---|\n");
+        for c in &cores {
+            md.push_str(&format!(
+                "| {} | {:.2} |\n",
+                c.get("process").and_then(|p| p.as_str()).unwrap_or("?"),
+                c.get("cores").and_then(|p| p.as_f64()).unwrap_or(0.0)
+            ));
+        }
     }
     let only: Vec<Series> = series.into_iter().map(|(s, _)| s).collect();
     report::svg(&only, &dir.join("latency.svg"))?;
