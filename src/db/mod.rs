@@ -21,6 +21,11 @@ pub use marks::PublishMarks;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Clears `event_pending` for `(seq, updated_at)` pairs given as two arrays.
+const MARK_PUBLISHED_PG: &str = "UPDATE calls SET event_pending = 0 \
+     FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
+     WHERE calls.seq = p.seq AND calls.updated_at = p.updated_at";
+
 /// How long a request waits for a database connection before it is answered
 /// `503` (the provider then retries).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -487,15 +492,11 @@ impl Db {
                 sqlx::query("SET LOCAL synchronous_commit = off")
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "UPDATE calls SET event_pending = 0 \
-                     FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
-                     WHERE calls.seq = p.seq AND calls.updated_at = p.updated_at",
-                )
-                .bind(seqs)
-                .bind(times)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(MARK_PUBLISHED_PG)
+                    .bind(seqs)
+                    .bind(times)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
             Db::Sqlite(pool) => {
