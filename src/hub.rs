@@ -113,10 +113,32 @@ impl AckBook {
     }
 }
 
+/// A call event as tablets receive it: the JSON body is written once per
+/// event, not once per tablet. Reads as the event it carries.
+#[derive(Debug)]
+pub struct Prepared {
+    event: CallEvent,
+    pub json: String,
+}
+
+impl Prepared {
+    pub fn new(event: CallEvent) -> Self {
+        let json = event.to_json();
+        Prepared { event, json }
+    }
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = CallEvent;
+    fn deref(&self) -> &CallEvent {
+        &self.event
+    }
+}
+
 /// What waits to be written to one tablet.
 #[derive(Debug, Default)]
 pub struct Outbound {
-    pub popups: VecDeque<Arc<CallEvent>>,
+    pub popups: VecDeque<Arc<Prepared>>,
     /// Set when the connection must end; the writer sends the ERROR and closes.
     pub closing: Option<CloseReason>,
 }
@@ -151,7 +173,7 @@ impl Tablet {
 
     /// Queues a popup. An update of a call already queued replaces it in
     /// place; a full queue closes the tablet as a slow consumer.
-    fn offer(&self, event: Arc<CallEvent>) {
+    fn offer(&self, event: Arc<Prepared>) {
         let mut out = self.lock_out();
         if out.closing.is_some() {
             return;
@@ -183,7 +205,7 @@ impl Tablet {
     }
 
     /// Takes everything queued: the popups, and the close reason if any.
-    pub fn take(&self) -> (Vec<Arc<CallEvent>>, Option<CloseReason>) {
+    pub fn take(&self) -> (Vec<Arc<Prepared>>, Option<CloseReason>) {
         let mut out = self.lock_out();
         (out.popups.drain(..).collect(), out.closing.clone())
     }
@@ -428,7 +450,7 @@ impl EventHandler for Hub {
             return Ok(Handled::Done);
         }
         let awaits_ack = targets.iter().any(|t| t.awaits_ack());
-        let event = Arc::new(event);
+        let event = Arc::new(Prepared::new(event));
         let handled = if awaits_ack {
             let (tx, rx) = oneshot::channel();
             let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
@@ -493,9 +515,9 @@ mod tests {
         }
     }
 
-    fn event(id: &str, status: CallStatus) -> Arc<CallEvent> {
+    fn event(id: &str, status: CallStatus) -> Arc<Prepared> {
         let now = Utc::now();
-        Arc::new(CallEvent {
+        Arc::new(Prepared::new(CallEvent {
             kind: EventKind::Call,
             call_id: id.into(),
             store: "s".into(),
@@ -507,7 +529,7 @@ mod tests {
             ended_at: None,
             published_at: now,
             expires_at: now + chrono::Duration::seconds(30),
-        })
+        }))
     }
 
     #[test]

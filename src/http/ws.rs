@@ -59,7 +59,9 @@ pub async fn upgrade(
 /// Writes one frame as a text message.
 async fn write(socket: &mut WebSocket, frame: &Frame, version: Version) -> bool {
     let bytes = frame.encode(version);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
+    // Frames are built from strings, so this only checks, without a copy.
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     matches!(
         tokio::time::timeout(WRITE_WITHIN, socket.send(Message::Text(text.into()))).await,
         Ok(Ok(()))

@@ -9,8 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::frame::{Command, Frame, FrameError, Item, Version};
-use crate::call::CallEvent;
-use crate::hub::{AckKind, CloseReason, Hub, Tablet};
+use crate::hub::{AckKind, CloseReason, Hub, Prepared, Tablet};
 use crate::metrics as m;
 
 /// Popups with less time than this left are not sent: by the time they
@@ -369,7 +368,7 @@ impl Session {
 
     /// The MESSAGE frames for one popup, one per subscription; none when it
     /// has expired.
-    pub fn popup(&mut self, event: &CallEvent) -> Vec<Frame> {
+    pub fn popup(&mut self, event: &Prepared) -> Vec<Frame> {
         let Some(tablet) = self.tablet.clone() else {
             return Vec::new();
         };
@@ -380,7 +379,7 @@ impl Session {
             return Vec::new();
         }
         let destination = format!("{DESTINATION_PREFIX}{}", tablet.store);
-        let body = event.to_json();
+        let body = &event.json;
         let subs: Vec<(String, AckKind)> = tablet
             .subscriptions()
             .iter()
