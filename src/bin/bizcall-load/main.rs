@@ -58,6 +58,10 @@ enum Cmd {
     Intake(IntakeArgs),
     /// Draws every series in DIR into latency.svg and writes results.md.
     Plot { dir: PathBuf },
+    /// (Internal) holds tablets for `run --workers`: logins on stdin,
+    /// deliveries on stdout.
+    #[command(hide = true)]
+    Worker,
     /// Deletes exchanges a run declared (the service's are durable).
     DropExchanges {
         #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -106,6 +110,13 @@ struct RunArgs {
     /// Tablets connecting at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Processes holding the tablets (this one and N−1 children), each with
+    /// its own descriptor limit: for more tablets than one process can open.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Name of the results (`<name>.json`).
+    #[arg(long, default_value = "bizcall")]
+    name: String,
     /// Processes whose CPU use is reported over the sending phase
     /// (`name=PID` or `name=comm:COMMAND`, repeatable).
     #[arg(long = "cpu-of")]
@@ -166,6 +177,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Webstomp(a) => webstomp(a).await,
             Cmd::Intake(a) => intake(a).await,
             Cmd::Plot { dir } => plot(&dir),
+            Cmd::Worker => worker().await,
             Cmd::DropExchanges { amqp, names } => drop_exchanges(&amqp, &names).await,
         }
     })
@@ -358,6 +370,7 @@ struct Delivery {
 }
 
 /// What a tablet logs in with and subscribes to.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Login {
     url: String,
     source: Option<IpAddr>,
@@ -475,6 +488,7 @@ async fn open_tablet(
 /// Opens every tablet with bounded concurrency; returns (opened, failures, seconds).
 async fn open_all(
     logins: Vec<Login>,
+    first_index: usize,
     concurrency: usize,
     tx: mpsc::UnboundedSender<Delivery>,
 ) -> (usize, usize, f64) {
@@ -485,7 +499,7 @@ async fn open_all(
             let tx = tx.clone();
             let bar = bar.clone();
             async move {
-                let r = open_tablet(i, login, tx).await;
+                let r = open_tablet(first_index + i, login, tx).await;
                 bar.inc(1);
                 r
             }
@@ -503,6 +517,154 @@ async fn open_all(
         failures.len(),
         started.elapsed().as_secs_f64(),
     )
+}
+
+/// Wall-clock microseconds: the one clock the load generator's processes
+/// share.
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// What a worker process is given on stdin.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WorkerJob {
+    first_index: usize,
+    concurrency: usize,
+    logins: Vec<Login>,
+}
+
+/// Opens the tablets in this process and, with `workers` > 1, in child
+/// processes (`bizcall-load worker`), each with its own descriptors. Their
+/// deliveries arrive on `tx` like this process's own. Returns (opened,
+/// failed, seconds, the children: they stop when dropped).
+async fn open_with_workers(
+    mut logins: Vec<Login>,
+    workers: usize,
+    concurrency: usize,
+    tx: mpsc::UnboundedSender<Delivery>,
+) -> anyhow::Result<(usize, usize, f64, Vec<tokio::process::Child>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let workers = workers.clamp(1, logins.len().max(1));
+    let share = logins.len().div_ceil(workers);
+    let mut children = Vec::new();
+    let mut readies = Vec::new();
+    // Children take the tail shares; this process keeps the first.
+    for w in (1..workers).rev() {
+        let first_index = w * share;
+        if first_index >= logins.len() {
+            continue;
+        }
+        let part = logins.split_off(first_index);
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("worker")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a worker process")?;
+        let job = serde_json::to_vec(&WorkerJob {
+            first_index,
+            concurrency: concurrency.div_ceil(workers),
+            logins: part,
+        })?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        stdin.write_all(&job).await?;
+        stdin.write_all(b"\n").await?;
+        // stdin stays open: the worker stops when it closes.
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<(usize, usize, f64)>();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _stdin = stdin;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut ready_tx = Some(ready_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut f = line.split(' ');
+                match f.next() {
+                    Some("ready") => {
+                        let mut n = || f.next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+                        let (o, x, t) = (n(), n(), n());
+                        if let Some(r) = ready_tx.take() {
+                            let _ = r.send((o as usize, x as usize, t));
+                        }
+                    }
+                    Some("d") => {
+                        let (Some(tablet), Some(call_id), Some(at_us), Some(pub_us)) =
+                            (f.next(), f.next(), f.next(), f.next())
+                        else {
+                            continue;
+                        };
+                        let (Ok(tablet), Ok(at_us)) = (tablet.parse(), at_us.parse::<i64>()) else {
+                            continue;
+                        };
+                        // The child's receipt, on this process's clock.
+                        let ago = Duration::from_micros((wall_us() - at_us).max(0) as u64);
+                        let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+                        let _ = tx.send(Delivery {
+                            tablet,
+                            call_id: call_id.to_string(),
+                            at,
+                            since_published_us: pub_us.parse().ok(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        });
+        readies.push(ready_rx);
+        children.push(child);
+    }
+    let (mut opened, mut failed, mut secs) = open_all(logins, 0, concurrency, tx).await;
+    for r in readies {
+        let (o, x, t) = r
+            .await
+            .context("a worker process ended before its tablets were open")?;
+        opened += o;
+        failed += x;
+        secs = secs.max(t);
+    }
+    Ok((opened, failed, secs, children))
+}
+
+/// `bizcall-load worker`: opens the tablets given on stdin, says `ready`,
+/// then writes one line per delivery until stdin closes.
+async fn worker() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let job: WorkerJob =
+        serde_json::from_str(&lines.next_line().await?.context("no job on stdin")?)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (opened, failed, secs) = open_all(job.logins, job.first_index, job.concurrency, tx).await;
+    let started = Instant::now();
+    println!("ready {opened} {failed} {secs}");
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    out.flush()?;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                if !matches!(line, Ok(Some(_))) {
+                    return Ok(());
+                }
+            }
+            d = rx.recv() => {
+                let Some(d) = d else { return Ok(()) };
+                let mut write = |d: Delivery| {
+                    let at_us = wall_us() - started.elapsed().as_micros() as i64
+                        + d.at.saturating_duration_since(started).as_micros() as i64;
+                    let pub_us = d.since_published_us.map_or("-".to_string(), |u| u.to_string());
+                    writeln!(out, "d {} {} {at_us} {pub_us}", d.tablet, d.call_id)
+                };
+                write(d)?;
+                while let Ok(d) = rx.try_recv() {
+                    write(d)?;
+                }
+                out.flush()?;
+            }
+        }
+    }
 }
 
 /// Tallies deliveries against what was sent.
@@ -577,7 +739,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let bar = progress(a.tablets as u64, "registering");
     let mut stores = Vec::new();
     let mut logins = Vec::new();
+    let mut tablets_per_store = Vec::with_capacity(a.stores);
     for s in 0..a.stores {
+        let mut here = 0usize;
         let slug = format!("load-{run_id}-{s}");
         let number = format!(
             "059{}{s:05}",
@@ -600,23 +764,18 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 ],
                 destination: format!("/topic/call-store/{slug}"),
             });
+            here += 1;
             bar.inc(1);
         }
+        tablets_per_store.push(here);
         stores.push(number);
     }
     bar.finish();
-    let tablets_per_store: Vec<usize> = (0..a.stores)
-        .map(|s| {
-            logins
-                .iter()
-                .filter(|l| l.destination.ends_with(&format!("load-{run_id}-{s}")))
-                .count()
-        })
-        .collect();
 
     let rss_before = a.pid.and_then(rss_kib);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (opened, failed, connect_secs) = open_all(logins, a.connect_concurrency, tx).await;
+    let (opened, failed, connect_secs, workers) =
+        open_with_workers(logins, a.workers, a.connect_concurrency, tx).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = a.pid.and_then(rss_kib);
     let per_tablet_kib = match (rss_before, rss_after) {
@@ -636,7 +795,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let total = a.common.rate * a.common.duration;
     let mut expected: u64 = 0;
     let cpu_before = a.pid.and_then(cpu_seconds);
-    let watch = CpuWatch::start(&a.cpu_of);
+    let mut watched = a.cpu_of.clone();
+    watched.extend(workers.iter().enumerate().filter_map(|(i, c)| {
+        Some(Watched {
+            name: format!("bizcall-load worker {}", i + 1),
+            target: WatchTarget::Pid(c.id()?),
+        })
+    }));
+    let watch = CpuWatch::start(&watched);
     let bar = progress(total, "calls");
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / a.common.rate as f64));
@@ -760,10 +926,17 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             list.join(", ")
         );
     }
-    write_json(&a.common.out, "bizcall", &series.summary())?;
+    write_json(&a.common.out, &a.name, &series.summary())?;
+    drop(workers);
     if let Some(dir) = &a.common.out {
-        report::svg(std::slice::from_ref(&series), &dir.join("bizcall.svg"))?;
-        std::fs::write(dir.join("bizcall.hist"), histogram_text(&series.hist))?;
+        report::svg(
+            std::slice::from_ref(&series),
+            &dir.join(format!("{}.svg", a.name)),
+        )?;
+        std::fs::write(
+            dir.join(format!("{}.hist", a.name)),
+            histogram_text(&series.hist),
+        )?;
     }
     Ok(())
 }
@@ -984,7 +1157,7 @@ async fn webstomp(a: WebstompArgs) -> anyhow::Result<()> {
         .collect();
     let rss_before = a.pid.and_then(rss_kib);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (opened, failed, connect_secs) = open_all(logins, 100, tx).await;
+    let (opened, failed, connect_secs) = open_all(logins, 0, 100, tx).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = a.pid.and_then(rss_kib);
     let per_tablet_kib = match (rss_before, rss_after) {
@@ -1311,6 +1484,23 @@ fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             "bizcall resident memory per idle subscribed tablet",
             get("bizcall", "rss_per_idle_tablet_kib"),
             "KiB",
+        ),
+        (
+            "capacity run: tablets on one fresh instance",
+            get("capacity", "tablets"),
+            "",
+        ),
+        (
+            "capacity run: resident memory per idle subscribed tablet",
+            get("capacity", "rss_per_idle_tablet_kib"),
+            "KiB",
+        ),
+        (
+            "capacity run: lost + duplicate popups",
+            get("capacity", "lost")
+                .zip(get("capacity", "duplicates"))
+                .map(|(l, d)| l + d),
+            "",
         ),
         (
             "bizcall CPU per 1000 deliveries",
