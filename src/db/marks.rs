@@ -3,7 +3,7 @@
 //! at 1,000 CDRs a second the database sees a few dozen small transactions
 //! rather than a thousand.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Db, DbError};
@@ -27,7 +27,7 @@ impl PublishMarks {
             // Its own connection, whose commits do not wait for the disk:
             // one round trip per batch instead of BEGIN, SET LOCAL, UPDATE
             // and COMMIT.
-            Db::Postgres(pool) => Target::Postgres(
+            Db::Postgres(pool) => Db::Postgres(
                 PgPoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(super::ACQUIRE_TIMEOUT)
@@ -42,7 +42,7 @@ impl PublishMarks {
                         ("plan_cache_mode", "force_custom_plan"),
                     ])),
             ),
-            Db::Sqlite(_) => Target::Db(db),
+            Db::Sqlite(_) => db,
         };
         tokio::spawn(write_marks(target, rx));
         PublishMarks { tx }
@@ -63,33 +63,14 @@ impl PublishMarks {
     }
 }
 
-enum Target {
-    Postgres(PgPool),
-    Db(Db),
-}
-
-impl Target {
-    async fn write(&self, marks: &[(String, i64)]) -> Result<(), DbError> {
-        match self {
-            Target::Postgres(pool) => {
-                let (seqs, times): (Vec<String>, Vec<i64>) = marks.iter().cloned().unzip();
-                sqlx::query(super::MARK_PUBLISHED_PG)
-                    .bind(seqs)
-                    .bind(times)
-                    .execute(pool)
-                    .await?;
-                Ok(())
-            }
-            Target::Db(db) => db.mark_published(marks).await,
-        }
-    }
-}
-
-async fn write_marks(target: Target, mut rx: mpsc::UnboundedReceiver<((String, i64), Waiter)>) {
+async fn write_marks(target: Db, mut rx: mpsc::UnboundedReceiver<((String, i64), Waiter)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let (marks, waiters): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let result = target.write(&marks).await.map_err(|e| e.to_string());
+        let result = target
+            .mark_published(&marks)
+            .await
+            .map_err(|e| e.to_string());
         for w in waiters {
             let _ = w.send(result.clone());
         }

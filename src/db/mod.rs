@@ -21,11 +21,6 @@ pub use marks::PublishMarks;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Clears `event_pending` for `(seq, updated_at)` pairs given as two arrays.
-const MARK_PUBLISHED_PG: &str = "UPDATE calls SET event_pending = 0 \
-     FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
-     WHERE calls.seq = p.seq AND calls.updated_at = p.updated_at";
-
 /// How long a request waits for a database connection before it is answered
 /// `503` (the provider then retries).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -477,10 +472,11 @@ impl Db {
     }
 
     /// These calls' latest changes (`(seq, updated_at)`) have been handed
-    /// to the bus; one transaction for them all. Losing this
-    /// mark in a crash only means a repeat of the CDR publishes it again
-    /// (and tablets drop the duplicate), so PostgreSQL need not wait for
-    /// the disk here.
+    /// to the bus; one statement (PostgreSQL) or one transaction (SQLite)
+    /// for them all. Losing a mark in a crash only means a repeat of the CDR
+    /// publishes the change again (tablets drop the duplicate), so
+    /// `PublishMarks` runs this on a PostgreSQL connection whose commits do
+    /// not wait for the disk.
     pub async fn mark_published(&self, marks: &[(String, i64)]) -> Result<()> {
         if marks.is_empty() {
             return Ok(());
@@ -488,16 +484,15 @@ impl Db {
         match self {
             Db::Postgres(pool) => {
                 let (seqs, times): (Vec<String>, Vec<i64>) = marks.iter().cloned().unzip();
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(MARK_PUBLISHED_PG)
-                    .bind(seqs)
-                    .bind(times)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+                sqlx::query(
+                    "UPDATE calls SET event_pending = 0 \
+                     FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
+                     WHERE calls.seq = p.seq AND calls.updated_at = p.updated_at",
+                )
+                .bind(seqs)
+                .bind(times)
+                .execute(pool)
+                .await?;
             }
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;

@@ -265,7 +265,8 @@ impl Watched {
 
 /// Reads every watched process (and this one) at the start of a phase.
 struct CpuWatch {
-    start: Vec<(String, HashMap<u32, f64>)>,
+    /// CPU seconds per pid of each watched entry, at the start.
+    start: Vec<HashMap<u32, f64>>,
     watched: Vec<Watched>,
     at: Instant,
 }
@@ -278,7 +279,7 @@ impl CpuWatch {
             target: WatchTarget::Pid(std::process::id()),
         });
         CpuWatch {
-            start: watched.iter().map(|w| (w.name.clone(), w.read())).collect(),
+            start: watched.iter().map(Watched::read).collect(),
             watched,
             at: Instant::now(),
         }
@@ -290,13 +291,13 @@ impl CpuWatch {
         self.watched
             .iter()
             .zip(&self.start)
-            .map(|(w, (name, before))| {
+            .map(|(w, before)| {
                 let after = w.read();
                 let used: f64 = after
                     .iter()
                     .filter_map(|(pid, a)| Some(a - before.get(pid)?))
                     .sum();
-                (name.clone(), used / secs)
+                (w.name.clone(), used / secs)
             })
             .collect()
     }
@@ -638,7 +639,6 @@ async fn worker() -> anyhow::Result<()> {
         serde_json::from_str(&lines.next_line().await?.context("no job on stdin")?)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (opened, failed, secs) = open_all(job.logins, job.first_index, job.concurrency, tx).await;
-    let started = Instant::now();
     println!("ready {opened} {failed} {secs}");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     out.flush()?;
@@ -652,8 +652,8 @@ async fn worker() -> anyhow::Result<()> {
             d = rx.recv() => {
                 let Some(d) = d else { return Ok(()) };
                 let mut write = |d: Delivery| {
-                    let at_us = wall_us() - started.elapsed().as_micros() as i64
-                        + d.at.saturating_duration_since(started).as_micros() as i64;
+                    // The receipt on the wall clock, which the parent shares.
+                    let at_us = wall_us() - d.at.elapsed().as_micros() as i64;
                     let pub_us = d.since_published_us.map_or("-".to_string(), |u| u.to_string());
                     writeln!(out, "d {} {} {at_us} {pub_us}", d.tablet, d.call_id)
                 };
