@@ -1,5 +1,6 @@
-# Sourced by scripts/test and scripts/bench: start PostgreSQL and RabbitMQ
-# when they are not running, install them (Debian packages) when missing.
+# Sourced by scripts/test and scripts/bench: install what is missing
+# (Debian packages), start RabbitMQ when it is not running, and find or start
+# a PostgreSQL the tests may use (ensure_test_pg).
 
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -21,18 +22,6 @@ wait_port() {
     say "$what did not come up on port $port"; exit 1
 }
 
-ensure_postgres() {
-    if port_open 5432; then return; fi
-    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
-        apt_install postgresql
-    fi
-    local version
-    version=$(ls /etc/postgresql | sort -V | tail -n1)
-    say "starting PostgreSQL $version"
-    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-    wait_port 5432 PostgreSQL
-}
-
 ensure_rabbitmq() {
     if port_open 5672; then return; fi
     if ! command -v rabbitmq-server >/dev/null; then
@@ -44,14 +33,59 @@ ensure_rabbitmq() {
     rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
-# The tests connect as the postgres role over TCP. A stock Debian install
-# asks for a password there; give the role one the tests know.
-ensure_pg_login() {
-    if [ -z "${BIZCALL_TEST_PG:-}" ]; then
-        if ! psql "postgres://postgres@127.0.0.1:5432/postgres" -qAtc 'SELECT 1' >/dev/null 2>&1; then
-            say "setting a password for the postgres role (TCP login for tests)"
-            su postgres -c "psql -qc \"ALTER ROLE postgres PASSWORD 'postgres'\"" >/dev/null
-            export BIZCALL_TEST_PG="postgres://postgres:postgres@127.0.0.1:5432/postgres"
-        fi
+# PostgreSQL for the tests (and benchmarks), without changing any existing
+# server: BIZCALL_TEST_PG when set; else the server on 127.0.0.1:5432 when
+# the postgres role logs in there without a password; else a throwaway
+# cluster of our own (initdb in a temporary directory, trust
+# authentication, a free port), stopped and removed when the script exits.
+# Exports BIZCALL_TEST_PG either way.
+ensure_test_pg() {
+    [ -z "${BIZCALL_TEST_PG:-}" ] || return 0
+    local default=postgres://postgres@127.0.0.1:5432/postgres
+    command -v psql >/dev/null || apt_install postgresql-client
+    if port_open 5432 && psql "$default" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+        export BIZCALL_TEST_PG=$default
+        return 0
     fi
+    if port_open 5432; then
+        say "PostgreSQL on 127.0.0.1:5432 asks the postgres role for a password; the tests use a throwaway PostgreSQL instead"
+    else
+        say "no PostgreSQL on 127.0.0.1:5432; the tests use a throwaway PostgreSQL"
+    fi
+    start_throwaway_pg
+}
+
+THROWAWAY_PG=
+start_throwaway_pg() {
+    local bindir port
+    bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+    if [ ! -x "$bindir/initdb" ]; then
+        apt_install postgresql
+        bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+    fi
+    port=55432
+    while port_open "$port"; do port=$((port + 1)); done
+    THROWAWAY_PG=$(mktemp -d /tmp/bizcall-test-pg.XXXXXX)
+    # initdb refuses to run as root: run the cluster as the postgres user.
+    PG_AS=()
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$THROWAWAY_PG"
+        PG_AS=(runuser -u postgres --)
+    fi
+    "${PG_AS[@]}" "$bindir/initdb" -D "$THROWAWAY_PG/data" -A trust -U postgres -E UTF8 --no-sync \
+        >"$THROWAWAY_PG/initdb.log" 2>&1 || { cat "$THROWAWAY_PG/initdb.log" >&2; exit 1; }
+    "${PG_AS[@]}" "$bindir/pg_ctl" -D "$THROWAWAY_PG/data" -l "$THROWAWAY_PG/server.log" -w \
+        -o "-p $port -k $THROWAWAY_PG -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
+        start >/dev/null || { cat "$THROWAWAY_PG/server.log" >&2; exit 1; }
+    PG_CTL="$bindir/pg_ctl"
+    trap stop_throwaway_pg EXIT
+    export BIZCALL_TEST_PG="postgres://postgres@127.0.0.1:$port/postgres"
+    say "throwaway PostgreSQL at $BIZCALL_TEST_PG ($THROWAWAY_PG)"
+}
+
+stop_throwaway_pg() {
+    [ -n "$THROWAWAY_PG" ] || return 0
+    "${PG_AS[@]}" "$PG_CTL" -D "$THROWAWAY_PG/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$THROWAWAY_PG"
+    THROWAWAY_PG=
 }

@@ -44,7 +44,7 @@ impl CallStatus {
         }
     }
 
-    /// SPEC section 2: which of answer and end times are present.
+    /// docs/webhook.md, "Status": which of answer and end times are present.
     pub fn derive(answered: bool, ended: bool) -> Self {
         match (answered, ended) {
             (false, false) => CallStatus::Ringing,
@@ -71,7 +71,7 @@ impl FromStr for CallStatus {
     }
 }
 
-/// The bus payload and the STOMP MESSAGE body (SPEC section 3).
+/// The bus payload and the STOMP MESSAGE body (docs/call-event.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CallEvent {
@@ -116,18 +116,51 @@ impl CallEvent {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// The body the Spring service's tablets read (legacy destination):
+    /// the event plus `fromNumber` (the caller's digits) and `stardDate`
+    /// (sic: the call's start in Korea time as `yyyy-MM-dd'T'HH:mm:ss`,
+    /// how Jackson wrote a `LocalDateTime`); `virtualNumber` is left out
+    /// when unknown, as that service did.
+    pub fn to_legacy_json(&self) -> String {
+        let Ok(serde_json::Value::Object(mut body)) = serde_json::to_value(self) else {
+            return String::new();
+        };
+        if self.virtual_number.is_none() {
+            body.remove("virtualNumber");
+        }
+        body.insert("fromNumber".into(), self.caller_number.clone().into());
+        let start = self
+            .started_at
+            .with_timezone(&kst_offset())
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string();
+        body.insert("stardDate".into(), start.into());
+        serde_json::Value::Object(body).to_string()
+    }
+
     /// Parses and checks a bus payload; anything else is a poison message.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let ev: CallEvent =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a call event: {e}"))?;
+    pub fn from_json(bytes: &[u8]) -> Result<Self, NotAnEvent> {
+        let ev: CallEvent = serde_json::from_slice(bytes)?;
         if ev.call_id.is_empty() || ev.store.is_empty() {
-            return Err("not a call event: empty callId or store".into());
+            return Err(NotAnEvent::Unaddressed);
         }
         if ev.expires_at < ev.published_at {
-            return Err("not a call event: expiresAt before publishedAt".into());
+            return Err(NotAnEvent::ExpiresBeforePublished);
         }
         Ok(ev)
     }
+}
+
+/// Why a bus payload is not a call event (docs/call-event.md, "Consumers
+/// of the exchange"): such a message is rejected, never retried.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAnEvent {
+    #[error("not a call event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not a call event: empty callId or store")]
+    Unaddressed,
+    #[error("not a call event: expiresAt before publishedAt")]
+    ExpiresBeforePublished,
 }
 
 /// Korea Standard Time, the provider's clock (UTC+9, no daylight saving).
@@ -237,6 +270,23 @@ mod tests {
         assert_eq!(json["answeredAt"], serde_json::Value::Null);
         assert_eq!(json["publishedAt"], "2026-11-22T01:15:00.123Z");
         assert_eq!(json["expiresAt"], "2026-11-22T01:15:30.123Z");
+    }
+
+    #[test]
+    fn legacy_body_adds_the_spring_fields() {
+        let mut ev = sample();
+        let json: serde_json::Value = serde_json::from_str(&ev.to_legacy_json()).unwrap();
+        assert_eq!(json["fromNumber"], "01012345678");
+        assert_eq!(json["stardDate"], "2026-11-22T10:15:00");
+        assert_eq!(json["virtualNumber"], "05012345678");
+        assert_eq!(json["callId"], "abc");
+        assert_eq!(json["startedAt"], "2026-11-22T10:15:00+09:00");
+        // Korea time even across the date line: 16:30 UTC is 01:30 next day.
+        ev.started_at = Utc.with_ymd_and_hms(2026, 11, 22, 16, 30, 5).unwrap();
+        ev.virtual_number = None;
+        let json: serde_json::Value = serde_json::from_str(&ev.to_legacy_json()).unwrap();
+        assert_eq!(json["stardDate"], "2026-11-23T01:30:05");
+        assert!(json.get("virtualNumber").is_none(), "{json}");
     }
 
     #[test]

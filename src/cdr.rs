@@ -1,5 +1,5 @@
 //! The provider's call-detail record: parsing the webhook parameters,
-//! validating every field, and deriving the call's status (SPEC section 2).
+//! validating every field, and deriving the call's status (docs/webhook.md).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,6 +1,6 @@
 //! The service configuration: a TOML file overlaid by `BIZCALL_<SECTION>__<KEY>`
 //! environment variables, with defaults that run one instance with nothing
-//! else installed (SPEC section 7).
+//! else installed (docs/configuration.md).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -21,7 +21,9 @@ pub struct Config {
     pub bus: BusConfig,
     pub amqp: AmqpConfig,
     pub stomp: StompConfig,
+    pub compat: CompatConfig,
     pub admin: AdminConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +33,26 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Peers whose `X-Forwarded-For` is believed (load balancers).
     pub trusted_proxies: Vec<IpNet>,
+    /// Failed tablet or admin sign-ins one client address may make within
+    /// `auth_fail_window` before its sign-ins are refused for the rest of
+    /// it; 0 turns refusing off (failures are still logged and counted).
+    pub auth_fail_limit: u32,
+    #[serde(with = "duration_str")]
+    pub auth_fail_window: Duration,
+    /// Open connections on `listen` (tablets included); beyond it new ones
+    /// are refused at once. Unset: derived from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Connections one client address may hold that are not (yet) a
+    /// connected tablet: HTTP requests and WebSockets before CONNECT.
+    /// 0 turns the cap off.
+    pub max_pending_per_address: usize,
+    /// Time a client has to send a request's headers, from the connection's
+    /// start or the request's first byte (a WebSocket upgrade included).
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// Time a kept-alive HTTP connection may wait for its next request.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +60,12 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             trusted_proxies: Vec::new(),
+            auth_fail_limit: 10,
+            auth_fail_window: Duration::from_secs(60),
+            max_connections: None,
+            max_pending_per_address: 256,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -69,6 +97,12 @@ pub struct WebhookConfig {
     pub key: String,
     /// Peers allowed to call the webhook; empty means any.
     pub allow_from: Vec<IpNet>,
+    /// A second listener serving only the webhook and the health checks,
+    /// with its own connection cap, so that a flood of connections on
+    /// `server.listen` cannot keep the provider out. Unset: none.
+    pub listen: Option<SocketAddr>,
+    /// Open connections on `webhook.listen`.
+    pub max_connections: usize,
 }
 
 impl Default for WebhookConfig {
@@ -77,6 +111,8 @@ impl Default for WebhookConfig {
             path: "/bizcall/cdr".into(),
             key: String::new(),
             allow_from: Vec::new(),
+            listen: None,
+            max_connections: 256,
         }
     }
 }
@@ -97,6 +133,24 @@ pub struct BusConfig {
     /// How long a call event may still become a popup after it is published.
     #[serde(with = "duration_str")]
     pub message_ttl: Duration,
+}
+
+impl BusConfig {
+    /// `message_ttl` for clock arithmetic on event times: the one
+    /// conversion, exact because `validate` bounds the TTL to a day.
+    pub fn ttl(&self) -> chrono::Duration {
+        to_chrono(self.message_ttl)
+    }
+}
+
+/// The longest `bus.message_ttl`: a popup a day late is no popup.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A configured duration as chrono's, for arithmetic on event times. Exact
+/// for every value `validate` lets through; a larger one (only a `Config`
+/// built by hand skips `validate`) saturates instead of wrapping.
+pub fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 impl Default for BusConfig {
@@ -124,6 +178,8 @@ pub struct AmqpConfig {
     pub queue_prefix: String,
     pub ack_mode: AckMode,
     pub prefetch: u16,
+    /// Attempts to hand an event over, the first included (Spring's
+    /// `max-attempts`): 2 is the first try and one retry.
     pub retry_max_attempts: u32,
     #[serde(with = "duration_str")]
     pub retry_initial_interval: Duration,
@@ -165,6 +221,29 @@ pub struct StompConfig {
     pub max_frame: usize,
     /// Frames waiting for one slow tablet before it is disconnected.
     pub outbound_queue: usize,
+    /// Browser `Origin`s allowed on `/ws` and SockJS; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl StompConfig {
+    /// Whether `origin` is one of `allowed_origins` (scheme, host and port
+    /// compared as written, ignoring case and a trailing slash).
+    pub fn origin_listed(&self, origin: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/');
+        self.allowed_origins
+            .iter()
+            .any(|o| o.trim().trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
+
+    /// Whether a request carrying `origin` may use the tablet endpoints:
+    /// no `Origin` (not a browser) or an empty list allows it.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(o) => self.origin_listed(o),
+        }
+    }
 }
 
 impl Default for StompConfig {
@@ -174,6 +253,26 @@ impl Default for StompConfig {
             heartbeat: Duration::from_secs(10),
             max_frame: 65536,
             outbound_queue: 256,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Compatibility with the Spring service's tablets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Base path of the SockJS endpoint; empty turns it off.
+    pub sockjs_path: String,
+    /// Accept token-less CONNECTs from browsers on `stomp.allowed_origins`.
+    pub anonymous: bool,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        Self {
+            sockjs_path: "/ws/v1/offline-store-pad".into(),
+            anonymous: false,
         }
     }
 }
@@ -183,6 +282,23 @@ impl Default for StompConfig {
 pub struct AdminConfig {
     /// Bearer token of the admin endpoints; empty turns them off.
     pub token: String,
+}
+
+/// How log lines are written (to standard error; the level comes from `RUST_LOG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines (journald, Loki, CloudWatch).
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 /// A configuration that could not be loaded, with the key at fault.
@@ -211,7 +327,13 @@ impl Config {
                 }
             }
         }
-        fig = fig.merge(Env::prefixed("BIZCALL_").split("__"));
+        // Only `BIZCALL_<SECTION>__<KEY>` is configuration: other variables
+        // that share the prefix (the tests' `BIZCALL_TEST_PG`) are not ours.
+        fig = fig.merge(
+            Env::prefixed("BIZCALL_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
@@ -225,14 +347,94 @@ impl Config {
         if !self.stomp.path.starts_with('/') {
             return bad("stomp.path", "must start with '/'");
         }
+        // The service's own pages and endpoints cannot be moved over.
+        let taken = |path: &str| {
+            [
+                "/",
+                "/tablet",
+                "/favicon.ico",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ]
+            .contains(&path)
+                || path.starts_with("/api/")
+        };
+        if taken(&self.webhook.path) {
+            return bad("webhook.path", "is one of bizcall's own paths");
+        }
+        if taken(&self.stomp.path) {
+            return bad("stomp.path", "is one of bizcall's own paths");
+        }
         if self.webhook.path == self.stomp.path {
             return bad("stomp.path", "must differ from webhook.path");
+        }
+        let sockjs = &self.compat.sockjs_path;
+        if !sockjs.is_empty() {
+            if !sockjs.starts_with('/') || sockjs.ends_with('/') {
+                return bad(
+                    "compat.sockjs_path",
+                    "must start with '/' and not end with one (or be empty to turn SockJS off)",
+                );
+            }
+            if sockjs == &self.stomp.path || sockjs == &self.webhook.path {
+                return bad(
+                    "compat.sockjs_path",
+                    "must differ from stomp.path and webhook.path",
+                );
+            }
+        }
+        if self.compat.anonymous && self.stomp.allowed_origins.is_empty() {
+            return bad(
+                "compat.anonymous",
+                "token-less tablets are accepted only from listed browser origins: \
+                 set stomp.allowed_origins (for example [\"https://pad.example.com\"]) \
+                 or turn compat.anonymous off",
+            );
+        }
+        if self.server.auth_fail_limit > 0 && self.server.auth_fail_window.is_zero() {
+            return bad("server.auth_fail_window", "must be more than zero");
         }
         if self.bus.message_ttl.is_zero() {
             return bad("bus.message_ttl", "must be more than zero");
         }
+        if self.bus.message_ttl > MAX_TTL {
+            return bad("bus.message_ttl", "must be at most a day (\"24h\")");
+        }
+        if self.amqp.retry_max_interval > MAX_TTL || self.amqp.retry_initial_interval > MAX_TTL {
+            return bad(
+                "amqp.retry_max_interval",
+                "retry intervals must be at most a day (\"24h\")",
+            );
+        }
         if self.stomp.max_frame < 1024 {
             return bad("stomp.max_frame", "must be at least 1024 bytes");
+        }
+        if self.server.header_timeout.is_zero() {
+            return bad("server.header_timeout", "must be more than zero");
+        }
+        if self.server.idle_timeout.is_zero() {
+            return bad("server.idle_timeout", "must be more than zero");
+        }
+        if self.server.max_connections == Some(0) {
+            return bad("server.max_connections", "must be at least 1");
+        }
+        if self.webhook.max_connections == 0 {
+            return bad("webhook.max_connections", "must be at least 1");
+        }
+        if self.server.listen.port() != 0 && self.webhook.listen == Some(self.server.listen) {
+            return bad("webhook.listen", "must differ from server.listen");
+        }
+        if let Some(o) = self
+            .stomp
+            .allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return bad(
+                "stomp.allowed_origins",
+                &format!("{o:?} is not an origin such as \"https://tablets.example.com\""),
+            );
         }
         if self.stomp.outbound_queue == 0 {
             return bad("stomp.outbound_queue", "must be at least 1");
@@ -242,6 +444,12 @@ impl Config {
         }
         if !(self.amqp.retry_multiplier >= 1.0 && self.amqp.retry_multiplier.is_finite()) {
             return bad("amqp.retry_multiplier", "must be a number of at least 1.0");
+        }
+        if self.amqp.retry_max_attempts == 0 {
+            return bad(
+                "amqp.retry_max_attempts",
+                "must be at least 1 (it counts attempts, the first included)",
+            );
         }
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch", "must be at least 1");
@@ -315,6 +523,9 @@ mod tests {
         assert_eq!(c.amqp.prefetch, 250);
         assert_eq!(c.stomp.max_frame, 65536);
         assert_eq!(c.stomp.outbound_queue, 256);
+        assert!(c.stomp.allowed_origins.is_empty());
+        assert_eq!(c.compat.sockjs_path, "/ws/v1/offline-store-pad");
+        assert!(!c.compat.anonymous);
         assert!(c.validate().is_ok());
     }
 
@@ -356,6 +567,195 @@ mod tests {
             jail.create_file("bizcall.toml", "[server]\nlisten = \"nowhere\"\n")?;
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("server.listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// The Debian package's `/etc/bizcall/bizcall.toml`.
+    const PACKAGED: &str = include_str!("../deploy/debian/bizcall.toml");
+
+    /// `# key = value` lines uncommented: the file as if every default were set.
+    fn uncommented(text: &str) -> String {
+        text.lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if !rest.ends_with(UNSET)
+                        && rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// How the packaged file marks an example of a key that is unset by
+    /// default (TOML has no "none" to show).
+    const UNSET: &str = "# unset by default";
+
+    /// Dotted paths of the keys shown as unset-by-default examples.
+    fn unset_keys(text: &str) -> Vec<String> {
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+            } else if let Some(rest) = line.strip_prefix("# ") {
+                if rest.ends_with(UNSET) {
+                    if let Some((key, _)) = rest.split_once(" = ") {
+                        out.push(format!("{section}.{key}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every key's dotted path in a configuration tree.
+    fn key_paths(value: &figment::value::Value, prefix: &str, out: &mut Vec<String>) {
+        if let figment::value::Value::Dict(_, dict) = value {
+            for (k, v) in dict {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if matches!(v, figment::value::Value::Dict(..)) {
+                    key_paths(v, &path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+
+    /// The file's configuration as JSON, with the package's database path
+    /// put back to the built-in default so the rest compares to the defaults.
+    fn as_defaults_json(text: &str) -> serde_json::Value {
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .unwrap_or_else(|e| panic!("the packaged config does not load: {}", describe(e)));
+        c.validate().expect("the packaged config is valid");
+        assert_eq!(c.database.url, "sqlite:///var/lib/bizcall/bizcall.db");
+        let mut json = serde_json::to_value(&c).unwrap();
+        json["database"]["url"] = Config::default().database.url.into();
+        json
+    }
+
+    #[test]
+    fn packaged_config_is_the_defaults_but_for_the_database_path() {
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(as_defaults_json(PACKAGED), defaults);
+        // Uncommenting every key changes nothing: each shows its default.
+        assert_eq!(as_defaults_json(&uncommented(PACKAGED)), defaults);
+    }
+
+    #[test]
+    fn packaged_config_lists_every_key() {
+        let mut expected = Vec::new();
+        let defaults: figment::value::Value =
+            Figment::from(Serialized::defaults(Config::default()))
+                .extract()
+                .unwrap();
+        key_paths(&defaults, "", &mut expected);
+        let mut listed = Vec::new();
+        let file: figment::value::Value = Figment::from(Toml::string(&uncommented(PACKAGED)))
+            .extract()
+            .unwrap();
+        key_paths(&file, "", &mut listed);
+        listed.extend(unset_keys(PACKAGED));
+        expected.sort();
+        listed.sort();
+        assert_eq!(
+            listed, expected,
+            "deploy/debian/bizcall.toml must show every configuration key, commented, with its default"
+        );
+    }
+
+    #[test]
+    fn anonymous_tablets_need_listed_origins() {
+        let mut c = Config::default();
+        c.compat.anonymous = true;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("compat.anonymous"), "{err}");
+        assert!(err.contains("stomp.allowed_origins"), "{err}");
+        c.stomp.allowed_origins = vec!["https://pad.example.com/".into()];
+        assert!(c.validate().is_ok());
+        assert!(c.stomp.origin_listed("https://PAD.example.com"));
+        assert!(!c.stomp.origin_listed("https://pad.example.com.evil"));
+        assert!(!c.stomp.origin_listed("null"));
+        assert!(c.stomp.origin_allowed(None));
+        assert!(!c.stomp.origin_allowed(Some("https://other.example")));
+    }
+
+    #[test]
+    fn sockjs_path_is_checked() {
+        let mut c = Config::default();
+        for bad in ["ws/v1", "/ws/v1/", "/ws"] {
+            c.compat.sockjs_path = bad.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("compat.sockjs_path"), "{bad}: {err}");
+        }
+        c.compat.sockjs_path = String::new();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn only_sectioned_variables_are_configuration() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "BIZCALL_TEST_PG",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            );
+            jail.set_env("BIZCALL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f");
+            jail.set_env("BIZCALL_DATABASE__URL", "sqlite://other.db");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.database.url, "sqlite://other.db");
+            Ok(())
+        });
+        // A sectioned variable naming no key is still a typo worth a stop.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_DATABASE__URLL", "sqlite://other.db");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("urll"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_are_bounded_and_converted_once() {
+        let c = Config::default();
+        assert_eq!(c.bus.ttl(), chrono::Duration::seconds(30));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_BUS__MESSAGE_TTL", "25h");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("bus.message_ttl") && err.contains("a day"),
+                "{err}"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_BUS__MESSAGE_TTL", "24h");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.bus.ttl(), chrono::Duration::hours(24));
+            Ok(())
+        });
+        // Past chrono's range, a hand-built value saturates.
+        assert_eq!(to_chrono(Duration::MAX), chrono::Duration::MAX);
+    }
+
+    #[test]
+    fn retry_max_attempts_counts_attempts() {
+        assert_eq!(Config::default().amqp.retry_max_attempts, 2);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_AMQP__RETRY_MAX_ATTEMPTS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("amqp.retry_max_attempts"), "{err}");
             Ok(())
         });
     }

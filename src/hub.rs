@@ -16,6 +16,7 @@ use crate::call::CallEvent;
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics as m;
+use crate::stomp::close::Close;
 
 /// How a subscription acknowledges messages (STOMP `ack` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,33 +46,16 @@ impl AckKind {
     }
 }
 
-/// Why the server closes a tablet's connection; each becomes the ERROR
-/// frame's `message` header.
+/// One subscription of a tablet: how it acknowledges, whose calls it
+/// carries, and in which body shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    SlowConsumer,
-    Revoked,
-    ServerRestart,
-}
-
-impl CloseReason {
-    pub fn message(&self) -> &'static str {
-        match self {
-            CloseReason::SlowConsumer => "slow consumer",
-            CloseReason::Revoked => "unauthorized",
-            CloseReason::ServerRestart => "server restart",
-        }
-    }
-
-    pub fn detail(&self) -> &'static str {
-        match self {
-            CloseReason::SlowConsumer => {
-                "the tablet fell too far behind; reconnect and fetch the call list"
-            }
-            CloseReason::Revoked => "the tablet token was revoked",
-            CloseReason::ServerRestart => "the server is restarting; reconnect",
-        }
-    }
+pub struct Subscription {
+    pub ack: AckKind,
+    /// The store whose calls it receives.
+    pub store: String,
+    /// Subscribed on the Spring service's destination: its body shape,
+    /// call popups only.
+    pub legacy: bool,
 }
 
 /// Messages sent and not yet acknowledged, per subscription, so an ACK can
@@ -92,20 +76,28 @@ impl AckBook {
         list.push_back((ack_id, call_id));
     }
 
-    /// Removes what an ACK/NACK of `ack_id` settles; returns those calls.
-    pub fn settle(&mut self, ack_id: &str, kinds: &HashMap<String, AckKind>) -> Vec<String> {
+    /// Removes what an ACK/NACK of `ack_id` settles; returns the
+    /// subscription and those calls.
+    pub fn settle(
+        &mut self,
+        ack_id: &str,
+        subs: &HashMap<String, Subscription>,
+    ) -> Option<(String, Vec<String>)> {
         for (sub, list) in self.entries.iter_mut() {
             if let Some(pos) = list.iter().position(|(id, _)| id == ack_id) {
-                let cumulative = kinds.get(sub) == Some(&AckKind::Client);
+                let cumulative = subs.get(sub).map(|s| s.ack) == Some(AckKind::Client);
                 let taken: Vec<(String, String)> = if cumulative {
                     list.drain(..=pos).collect()
                 } else {
                     list.remove(pos).into_iter().collect()
                 };
-                return taken.into_iter().map(|(_, call)| call).collect();
+                return Some((
+                    sub.clone(),
+                    taken.into_iter().map(|(_, call)| call).collect(),
+                ));
             }
         }
-        Vec::new()
+        None
     }
 
     pub fn forget(&mut self, subscription: &str) {
@@ -119,12 +111,23 @@ impl AckBook {
 pub struct Prepared {
     event: CallEvent,
     pub json: String,
+    /// The legacy destination's body, written when first asked for.
+    legacy: std::sync::OnceLock<String>,
 }
 
 impl Prepared {
     pub fn new(event: CallEvent) -> Self {
         let json = event.to_json();
-        Prepared { event, json }
+        Prepared {
+            event,
+            json,
+            legacy: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The body on `/ws/v1/topic/call-store/<slug>`.
+    pub fn legacy_json(&self) -> &str {
+        self.legacy.get_or_init(|| self.event.to_legacy_json())
     }
 }
 
@@ -140,17 +143,24 @@ impl std::ops::Deref for Prepared {
 pub struct Outbound {
     pub popups: VecDeque<Arc<Prepared>>,
     /// Set when the connection must end; the writer sends the ERROR and closes.
-    pub closing: Option<CloseReason>,
+    pub closing: Option<Close>,
 }
 
 /// One connected tablet, shared by its connection task and the hub.
 #[derive(Debug)]
 pub struct Tablet {
     pub id: u64,
+    /// The token's store; empty for an anonymous tablet.
     pub store: String,
+    /// The token's id; empty for an anonymous tablet.
     pub token_id: String,
-    /// Subscription id → ack kind.
-    pub subscriptions: Mutex<HashMap<String, AckKind>>,
+    /// Connected without a token (`compat.anonymous`): may follow any
+    /// store's legacy destination.
+    pub anonymous: bool,
+    /// Stores the hub lists this tablet under.
+    joined: Mutex<Vec<String>>,
+    /// Subscription id → what it carries.
+    pub subscriptions: Mutex<HashMap<String, Subscription>>,
     pub acks: Mutex<AckBook>,
     pub outbound: Mutex<Outbound>,
     /// Wakes the connection task when something is queued.
@@ -163,7 +173,7 @@ impl Tablet {
         self.outbound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, AckKind>> {
+    pub fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -184,7 +194,7 @@ impl Tablet {
             }
         } else if out.popups.len() >= self.capacity {
             out.popups.clear();
-            out.closing = Some(CloseReason::SlowConsumer);
+            out.closing = Some(Close::SlowConsumer);
             m::slow_consumer();
         } else {
             out.popups.push_back(event);
@@ -194,7 +204,7 @@ impl Tablet {
     }
 
     /// Asks the connection to end with `reason`.
-    pub fn close(&self, reason: CloseReason) {
+    pub fn close(&self, reason: Close) {
         let mut out = self.lock_out();
         if out.closing.is_none() {
             out.popups.clear();
@@ -205,13 +215,15 @@ impl Tablet {
     }
 
     /// Takes everything queued: the popups, and the close reason if any.
-    pub fn take(&self) -> (Vec<Arc<Prepared>>, Option<CloseReason>) {
+    pub fn take(&self) -> (Vec<Arc<Prepared>>, Option<Close>) {
         let mut out = self.lock_out();
         (out.popups.drain(..).collect(), out.closing.clone())
     }
 
     fn awaits_ack(&self) -> bool {
-        self.subscriptions().values().any(|k| *k != AckKind::Auto)
+        self.subscriptions()
+            .values()
+            .any(|s| s.ack != AckKind::Auto)
     }
 
     fn subscribed(&self) -> bool {
@@ -260,7 +272,11 @@ impl SeenCalls {
 pub struct Hub {
     config: Arc<Config>,
     db: Db,
+    /// Store → tablets following its calls here.
     tablets: RwLock<HashMap<String, HashMap<u64, Arc<Tablet>>>>,
+    /// Connected tablets: with a token, and anonymous.
+    with_token: AtomicU64,
+    anonymous: AtomicU64,
     next_id: AtomicU64,
     seen: Mutex<SeenCalls>,
     /// Calls whose bus message waits for a tablet's ACK (ack mode manual).
@@ -276,6 +292,8 @@ impl Hub {
             config,
             db,
             tablets: RwLock::new(HashMap::new()),
+            with_token: AtomicU64::new(0),
+            anonymous: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             seen: Mutex::new(SeenCalls::default()),
             waiting: Mutex::new(HashMap::new()),
@@ -296,62 +314,132 @@ impl Hub {
         self.watchers.subscribe()
     }
 
-    /// Adds a tablet that has just connected.
-    pub fn register(&self, store: &str, token_id: &str) -> Arc<Tablet> {
-        let tablet = Arc::new(Tablet {
+    fn new_tablet(&self, store: &str, token_id: &str, anonymous: bool) -> Arc<Tablet> {
+        Arc::new(Tablet {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             store: store.to_string(),
             token_id: token_id.to_string(),
+            anonymous,
+            joined: Mutex::new(Vec::new()),
             subscriptions: Mutex::new(HashMap::new()),
             acks: Mutex::new(AckBook::default()),
             outbound: Mutex::new(Outbound::default()),
             wake: Notify::new(),
             capacity: self.config.stomp.outbound_queue,
-        });
-        let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
-        all.entry(store.to_string())
-            .or_default()
-            .insert(tablet.id, tablet.clone());
-        Self::gauge(&all);
+        })
+    }
+
+    /// Adds a tablet that has just connected with a token of `store`.
+    pub fn register(&self, store: &str, token_id: &str) -> Arc<Tablet> {
+        let tablet = self.new_tablet(store, token_id, false);
+        self.with_token.fetch_add(1, Ordering::Relaxed);
+        self.join(&tablet, store);
         tablet
     }
 
-    pub fn unregister(&self, tablet: &Tablet) {
+    /// Adds a tablet that connected without a token; it follows the
+    /// stores it subscribes to (`join`).
+    pub fn register_anonymous(&self) -> Arc<Tablet> {
+        let tablet = self.new_tablet("", "", true);
+        self.anonymous.fetch_add(1, Ordering::Relaxed);
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        self.gauge(&all);
+        tablet
+    }
+
+    /// Lists `tablet` under `store`, so that store's calls reach it.
+    pub fn join(&self, tablet: &Arc<Tablet>, store: &str) {
+        let mut joined = tablet.joined.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = all.get_mut(&tablet.store) {
-            store.remove(&tablet.id);
-            if store.is_empty() {
-                all.remove(&tablet.store);
+        if !joined.iter().any(|s| s == store) {
+            joined.push(store.to_string());
+            all.entry(store.to_string())
+                .or_default()
+                .insert(tablet.id, tablet.clone());
+        }
+        self.gauge(&all);
+    }
+
+    pub fn unregister(&self, tablet: &Tablet) {
+        let joined = std::mem::take(&mut *tablet.joined.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
+        for name in &joined {
+            if let Some(store) = all.get_mut(name) {
+                store.remove(&tablet.id);
+                if store.is_empty() {
+                    all.remove(name);
+                }
             }
         }
-        Self::gauge(&all);
+        let counter = if tablet.anonymous {
+            &self.anonymous
+        } else {
+            &self.with_token
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+        self.gauge(&all);
     }
 
-    fn gauge(all: &HashMap<String, HashMap<u64, Arc<Tablet>>>) {
-        m::tablets(all.values().map(HashMap::len).sum(), all.len());
+    fn gauge(&self, all: &HashMap<String, HashMap<u64, Arc<Tablet>>>) {
+        m::tablets(
+            self.with_token.load(Ordering::Relaxed) as usize,
+            self.anonymous.load(Ordering::Relaxed) as usize,
+            all.len(),
+        );
     }
 
-    /// Connected tablets and stores with at least one.
+    /// Connected tablets (with a token or anonymous) and stores with at
+    /// least one.
     pub fn counts(&self) -> (usize, usize) {
         let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-        (all.values().map(HashMap::len).sum(), all.len())
+        let tablets =
+            self.with_token.load(Ordering::Relaxed) + self.anonymous.load(Ordering::Relaxed);
+        (tablets as usize, all.len())
     }
 
-    /// Tablets connected here, per store.
+    /// Tablets connected here with a token, per store.
     pub fn tablets_by_store(&self) -> HashMap<String, usize> {
+        self.count_by_store(false)
+    }
+
+    /// Anonymous tablets following each store here.
+    pub fn anonymous_by_store(&self) -> HashMap<String, usize> {
+        self.count_by_store(true)
+    }
+
+    fn count_by_store(&self, anonymous: bool) -> HashMap<String, usize> {
         let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-        all.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+        all.iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.values().filter(|t| t.anonymous == anonymous).count(),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Stores with a tablet here.
+    fn stores_here(&self) -> HashSet<String> {
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        all.keys().cloned().collect()
     }
 
     fn every_tablet(&self) -> Vec<Arc<Tablet>> {
         let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-        all.values().flat_map(|s| s.values().cloned()).collect()
+        let mut seen = HashSet::new();
+        all.values()
+            .flat_map(|s| s.values())
+            .filter(|t| seen.insert(t.id))
+            .cloned()
+            .collect()
     }
 
     /// Tells every tablet to reconnect (graceful shutdown).
     pub async fn close_all(&self, _why: &str) {
         for t in self.every_tablet() {
-            t.close(CloseReason::ServerRestart);
+            t.close(Close::ServerRestart);
         }
     }
 
@@ -359,8 +447,8 @@ impl Hub {
     pub fn close_revoked(&self, live: &HashSet<String>) -> usize {
         let mut closed = 0;
         for t in self.every_tablet() {
-            if !live.contains(&t.token_id) {
-                t.close(CloseReason::Revoked);
+            if !t.anonymous && !live.contains(&t.token_id) {
+                t.close(Close::Revoked);
                 closed += 1;
             }
         }
@@ -371,6 +459,7 @@ impl Hub {
     pub fn token_ids(&self) -> HashSet<String> {
         self.every_tablet()
             .into_iter()
+            .filter(|t| !t.anonymous)
             .map(|t| t.token_id.clone())
             .collect()
     }
@@ -393,7 +482,7 @@ impl Hub {
         // Copies of one change can arrive a while apart (an outbox republish,
         // a catch-up after a bus gap, each with its own expiry), so what was
         // seen is remembered for a TTL past its own expiry.
-        let ttl = chrono::Duration::from_std(self.config.bus.message_ttl).unwrap_or_default();
+        let ttl = self.config.bus.ttl();
         let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         guard.prune(|s| s.expires_at + ttl > now);
         let seen = &mut guard.calls;
@@ -471,29 +560,103 @@ impl EventHandler for Hub {
     }
 
     /// After a gap in the bus, replays from the database every change still
-    /// inside its TTL to the tablets here; what they already saw is dropped
-    /// by `fresh`, and nothing is replayed past its expiry.
+    /// inside its TTL to the stores with tablets here (chosen in SQL),
+    /// newest first and in pages, so the popups still ringing come first;
+    /// what tablets already saw is dropped by `fresh`, and nothing is
+    /// replayed past its expiry (each change expires a TTL after it was
+    /// made). Only past `CATCH_UP_MAX` changes, the oldest, closest to
+    /// expiry, are left out; that is logged and counted.
     async fn resync(&self) {
         let ttl = self.config.bus.message_ttl;
-        let since = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_default();
-        let stores: HashSet<String> = self.tablets_by_store().into_keys().collect();
+        let since = Utc::now() - self.config.bus.ttl();
+        let stores: Vec<String> = self.stores_here().into_iter().collect();
         if stores.is_empty() {
             return;
         }
-        let rows = match self.db.calls_changed_since(since).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not catch up after a bus gap");
+        let started = std::time::Instant::now();
+        let mut offered: usize = 0;
+        let mut pages = 0;
+        let mut cursor: Option<(i64, String)> = None;
+        loop {
+            let before = cursor.as_ref().map(|(at, seq)| (*at, seq.as_str()));
+            let rows = match self
+                .db
+                .calls_changed_since(&stores, since, before, CATCH_UP_PAGE)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, changes = offered, "could not finish catching up after a bus gap");
+                    return;
+                }
+            };
+            pages += 1;
+            let full = rows.len() == CATCH_UP_PAGE as usize;
+            if offered + rows.len() > CATCH_UP_MAX {
+                let left = self.count_left(&stores, since, &rows).await;
+                m::catch_up_cut(left as u64);
+                tracing::warn!(
+                    replayed = offered,
+                    left_out = left,
+                    limit = CATCH_UP_MAX,
+                    "catch-up after a bus gap cut: the oldest changes are only in the call list"
+                );
                 return;
             }
-        };
-        let mut offered = 0;
-        for row in rows.iter().filter(|r| stores.contains(&r.store)) {
-            let at = crate::db::from_millis(row.updated_at);
-            let _ = self.handle(row.event_at(ttl, at)).await;
-            offered += 1;
+            for row in &rows {
+                let at = crate::db::from_millis(row.updated_at);
+                let _ = self.handle(row.event_at(ttl, at)).await;
+            }
+            offered += rows.len();
+            m::caught_up(rows.len() as u64);
+            match rows.last() {
+                Some(last) if full => cursor = Some((last.updated_at, last.seq.clone())),
+                _ => break,
+            }
         }
-        tracing::info!(changes = offered, "caught up after a bus gap");
+        tracing::info!(
+            changes = offered,
+            stores = stores.len(),
+            pages,
+            took_ms = started.elapsed().as_millis() as u64,
+            "caught up after a bus gap"
+        );
+    }
+}
+
+/// Changes read per page when catching up after a bus gap.
+const CATCH_UP_PAGE: u32 = 1000;
+/// Most changes replayed after one gap: far above a TTL's worth at 1,000
+/// calls a second (30,000 with the default TTL).
+const CATCH_UP_MAX: usize = 200_000;
+
+impl Hub {
+    /// How many changes a cut catch-up leaves out (at least what this
+    /// page holds; more pages are counted without being read whole).
+    async fn count_left(
+        &self,
+        stores: &[String],
+        since: DateTime<Utc>,
+        page: &[crate::db::CallRow],
+    ) -> usize {
+        let mut left = page.len();
+        let mut cursor = page.last().map(|r| (r.updated_at, r.seq.clone()));
+        while let Some((at, seq)) = cursor.take() {
+            match self
+                .db
+                .calls_changed_since(stores, since, Some((at, &seq)), CATCH_UP_PAGE)
+                .await
+            {
+                Ok(rows) => {
+                    left += rows.len();
+                    if rows.len() == CATCH_UP_PAGE as usize {
+                        cursor = rows.last().map(|r| (r.updated_at, r.seq.clone()));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        left
     }
 }
 
@@ -507,6 +670,8 @@ mod tests {
             id: 1,
             store: "s".into(),
             token_id: "t".into(),
+            anonymous: false,
+            joined: Mutex::new(Vec::new()),
             subscriptions: Mutex::new(HashMap::new()),
             acks: Mutex::new(AckBook::default()),
             outbound: Mutex::new(Outbound::default()),
@@ -560,23 +725,35 @@ mod tests {
         }
         let (popups, closing) = t.take();
         assert!(popups.is_empty());
-        assert_eq!(closing, Some(CloseReason::SlowConsumer));
+        assert_eq!(closing, Some(Close::SlowConsumer));
     }
 
     #[test]
     fn ack_book_settles_individually_and_cumulatively() {
+        let sub = |ack| Subscription {
+            ack,
+            store: "s".into(),
+            legacy: false,
+        };
         let mut kinds = HashMap::new();
-        kinds.insert("a".to_string(), AckKind::ClientIndividual);
-        kinds.insert("b".to_string(), AckKind::Client);
+        kinds.insert("a".to_string(), sub(AckKind::ClientIndividual));
+        kinds.insert("b".to_string(), sub(AckKind::Client));
         let mut book = AckBook::default();
         for i in 0..3 {
             book.record("a", format!("a{i}"), format!("call{i}"));
             book.record("b", format!("b{i}"), format!("call{i}"));
         }
-        assert_eq!(book.settle("a1", &kinds), ["call1"]);
-        assert_eq!(book.settle("a1", &kinds), Vec::<String>::new());
-        assert_eq!(book.settle("b1", &kinds), ["call0", "call1"]);
-        assert_eq!(book.settle("b2", &kinds), ["call2"]);
-        assert!(book.settle("nope", &kinds).is_empty());
+        let calls = |r: Option<(String, Vec<String>)>| r.map(|(_, c)| c).unwrap_or_default();
+        assert_eq!(calls(book.settle("a1", &kinds)), ["call1"]);
+        assert!(book.settle("a1", &kinds).is_none());
+        assert_eq!(
+            book.settle("b1", &kinds),
+            Some((
+                "b".to_string(),
+                vec!["call0".to_string(), "call1".to_string()]
+            ))
+        );
+        assert_eq!(calls(book.settle("b2", &kinds)), ["call2"]);
+        assert!(book.settle("nope", &kinds).is_none());
     }
 }

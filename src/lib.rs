@@ -6,15 +6,22 @@
 //! - [`config`]: the TOML + environment configuration and its defaults.
 //! - [`cdr`]: the provider's call record: parsing, validation, status.
 //! - [`call`]: the call event that flows to tablets (JSON shape, expiry).
+//! - [`intake`]: the CDR use case: store, publish, outcome.
 //! - [`db`]: storage on SQLite or PostgreSQL, with migrations.
+//! - [`auth`]: the bearer scheme and the guard against guessing tokens.
 //! - [`token`]: tablet tokens, hashed at rest, compared in constant time.
 //! - [`bus`]: the `Bus` contract, an in-process bus and RabbitMQ.
 //! - [`hub`]: the tablets connected to this instance, by store.
+//! - [`stomp`]: the STOMP codec, one tablet's session, and the connection
+//!   loop that runs it over any transport.
+//! - [`sockjs`]: SockJS transports for the Spring service's tablets.
 //! - [`http`]: routes: webhook, API, tablet page, health and metrics.
 //! - [`server`]: wiring, background jobs and graceful shutdown.
+//! - [`store_import`]: `bizcall store import`, the old service's stores from CSV.
 //! - [`simulate`]: sends a provider-shaped CDR to a running server.
 //! - [`metrics`]: every metric's name and meaning.
 
+pub mod auth;
 pub mod bus;
 pub mod call;
 pub mod cdr;
@@ -22,8 +29,11 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod hub;
+pub mod intake;
 pub mod metrics;
 pub mod server;
 pub mod simulate;
+pub mod sockjs;
 pub mod stomp;
+pub mod store_import;
 pub mod token;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use bizcall::call::CallStatus;
 use bizcall::cdr::normalize_number;
-use bizcall::config::Config;
+use bizcall::config::{Config, LogFormat};
 use bizcall::db::{from_millis, Db};
 
 #[derive(Parser)]
@@ -61,6 +61,9 @@ enum StoreCommand {
     List,
     /// Remove a store, its numbers and its tokens (its calls stay).
     Remove { slug: String },
+    /// Add stores from a CSV file, one `slug,name,number[,number…]` per
+    /// line; all or nothing, and stores already there unchanged are skipped.
+    Import { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -138,7 +141,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(matches!(cli.command, Command::Serve));
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(matches!(cli.command, Command::Serve), config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -146,30 +156,65 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(serving: bool) {
+/// The error and its causes on one line. A cause whose text its wrapper
+/// already shows (thiserror's `database: {0}`) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+/// Logs go to standard error, as text or one JSON object per line
+/// (`log.format`); `RUST_LOG` picks the level.
+fn init_logging(serving: bool, format: LogFormat) {
     let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Some libraries log secrets at `trace` (whole WebSocket frames): those
+    // events are dropped whatever `RUST_LOG` says.
+    let secrets = tracing_subscriber::filter::filter_fn(bizcall::http::ws::loggable);
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
         // Colour codes only on a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(secrets)
+            .init(),
+        // timestamp, level, target, message and the event's fields, all at
+        // the top level of the object.
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .finish()
+            .with(secrets)
+            .init(),
+    }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
@@ -214,37 +259,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn open(config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(&config.database.url).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open database {}: {e}",
-            bizcall::server::redact_url(&config.database.url)
-        )
-    })?;
+    let db = Db::connect(&config.database.url).await?;
     db.migrate().await?;
     Ok(db)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Signals are caught from before the "listening" line: a SIGTERM sent
+    // as soon as the instance says it is up stops it gracefully.
+    let signals = Signals::catch();
     let server = bizcall::server::start(config).await?;
     let stop = server.app.shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("stopping: finishing requests in flight");
         stop.cancel();
     });
     server.wait().await
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+/// SIGTERM and SIGINT, caught once registered (before they arrive).
+enum Signals {
+    Unix(tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    CtrlC,
+}
+
+impl Signals {
+    fn catch() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals::Unix(term, int),
+            _ => Signals::CtrlC,
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn wait(self) {
+        match self {
+            Signals::Unix(mut term, mut int) => {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            Signals::CtrlC => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -295,6 +354,35 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
             }
             for s in stores {
                 println!("{}\t{}\t{}", s.slug, s.name, s.numbers.join(","));
+            }
+        }
+        StoreCommand::Import { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            if bytes.len() > bizcall::store_import::MAX_FILE {
+                anyhow::bail!("{}: larger than 8 MiB", file.display());
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", file.display()))?;
+            let checked = match bizcall::store_import::parse(&text) {
+                Ok(rows) => bizcall::store_import::import(&db, &rows).await?,
+                Err(errors) => Err(errors),
+            };
+            match checked {
+                Ok(done) => eprintln!(
+                    "imported {} store(s), {} already there unchanged",
+                    done.added, done.unchanged
+                ),
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    anyhow::bail!(
+                        "{}: {} bad row(s); nothing imported",
+                        file.display(),
+                        errors.len()
+                    );
+                }
             }
         }
         StoreCommand::Remove { slug } => {

@@ -25,6 +25,7 @@ pub fn install() -> PrometheusHandle {
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();
+            register();
             handle
         })
         .clone()
@@ -64,11 +65,15 @@ fn describe() {
     describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
     describe_gauge!(
         "bizcall_tablets_connected",
-        "tablets connected to this instance"
+        "tablets connected to this instance, by auth (token or anonymous)"
     );
     describe_gauge!(
         "bizcall_stores_with_tablets",
         "stores with a tablet on this instance"
+    );
+    describe_gauge!(
+        "bizcall_sockjs_sessions",
+        "SockJS xhr/xhr_streaming sessions held by this instance"
     );
     describe_counter!("bizcall_popups_sent_total", "popups sent to tablets");
     describe_counter!(
@@ -92,6 +97,87 @@ fn describe() {
         "time from publish to the event's arrival from the bus"
     );
     describe_counter!("bizcall_calls_deleted_total", "calls deleted by retention");
+    describe_counter!(
+        "bizcall_catch_up_changes_total",
+        "changes replayed from the database after a bus gap"
+    );
+    describe_counter!(
+        "bizcall_catch_up_cut_total",
+        "changes inside their TTL left out of a catch-up (over its limit)"
+    );
+    describe_counter!(
+        "bizcall_auth_failures_total",
+        "failed or refused tablet and admin sign-ins, by surface (stomp, api, admin)"
+    );
+    describe_gauge!(
+        "bizcall_connections_open",
+        "open TCP connections, by listener (main or webhook)"
+    );
+    describe_counter!(
+        "bizcall_connections_refused_total",
+        "connections refused at accept, by reason (cap or address)"
+    );
+    describe_counter!(
+        "bizcall_connections_timed_out_total",
+        "HTTP connections closed by the header or idle timeout"
+    );
+}
+
+/// Every counter and gauge at zero from the start, so that `/metrics` shows
+/// them all (with their HELP) before the first call. Labelled ones get each
+/// label value the code uses.
+fn register() {
+    for result in [
+        "stored",
+        "repeat",
+        "conflict",
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "too_large",
+        "unsupported_media_type",
+        "unavailable",
+    ] {
+        counter!("bizcall_cdr_received_total", "result" => result).increment(0);
+    }
+    for status in crate::call::CallStatus::ALL {
+        counter!("bizcall_calls_total", "status" => status.as_str()).increment(0);
+    }
+    for surface in ["stomp", "api", "admin"] {
+        counter!("bizcall_auth_failures_total", "surface" => surface).increment(0);
+    }
+    for reason in ["cap", "address"] {
+        counter!("bizcall_connections_refused_total", "reason" => reason).increment(0);
+    }
+    for listener in ["main", "webhook"] {
+        gauge!("bizcall_connections_open", "listener" => listener).set(0.0);
+    }
+    for reason in ["poison", "expired", "handler", "unacknowledged"] {
+        counter!("bizcall_events_rejected_total", "reason" => reason).increment(0);
+    }
+    for name in [
+        "bizcall_calls_unmatched_total",
+        "bizcall_events_published_total",
+        "bizcall_events_confirmed_total",
+        "bizcall_publish_failures_total",
+        "bizcall_events_consumed_total",
+        "bizcall_events_acked_total",
+        "bizcall_events_retried_total",
+        "bizcall_events_expired_total",
+        "bizcall_bus_reconnects_total",
+        "bizcall_popups_sent_total",
+        "bizcall_popups_acked_total",
+        "bizcall_popups_expired_total",
+        "bizcall_slow_consumer_disconnects_total",
+        "bizcall_calls_deleted_total",
+        "bizcall_catch_up_changes_total",
+        "bizcall_catch_up_cut_total",
+        "bizcall_connections_timed_out_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    tablets(0, 0, 0);
+    sockjs_sessions(0);
 }
 
 pub fn cdr_received(result: &'static str) {
@@ -133,9 +219,17 @@ pub fn reconnected() {
 pub fn bus_connected(up: bool) {
     gauge!("bizcall_bus_connected").set(if up { 1.0 } else { 0.0 });
 }
-pub fn tablets(connected: usize, stores: usize) {
-    gauge!("bizcall_tablets_connected").set(connected as f64);
+/// Tablets connected here: with a token, and anonymous
+/// (`compat.anonymous`), counted apart so an operator sees who still
+/// needs a token.
+pub fn tablets(with_token: usize, anonymous: usize, stores: usize) {
+    gauge!("bizcall_tablets_connected", "auth" => "token").set(with_token as f64);
+    gauge!("bizcall_tablets_connected", "auth" => "anonymous").set(anonymous as f64);
     gauge!("bizcall_stores_with_tablets").set(stores as f64);
+}
+/// SockJS HTTP-transport sessions held here.
+pub fn sockjs_sessions(n: usize) {
+    gauge!("bizcall_sockjs_sessions").set(n as f64);
 }
 pub fn popup_sent(latency: Duration) {
     counter!("bizcall_popups_sent_total").increment(1);
@@ -156,4 +250,45 @@ pub fn slow_consumer() {
 }
 pub fn calls_deleted(n: u64) {
     counter!("bizcall_calls_deleted_total").increment(n);
+}
+pub fn auth_failure(surface: &'static str) {
+    counter!("bizcall_auth_failures_total", "surface" => surface).increment(1);
+}
+pub fn caught_up(n: u64) {
+    counter!("bizcall_catch_up_changes_total").increment(n);
+}
+pub fn catch_up_cut(n: u64) {
+    counter!("bizcall_catch_up_cut_total").increment(n);
+}
+pub fn connections_open(listener: &'static str, n: usize) {
+    gauge!("bizcall_connections_open", "listener" => listener).set(n as f64);
+}
+pub fn connection_refused(reason: &'static str) {
+    counter!("bizcall_connections_refused_total", "reason" => reason).increment(1);
+}
+pub fn connection_timed_out() {
+    counter!("bizcall_connections_timed_out_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn alerting_series_exist_before_their_first_event() {
+        let text = super::install().render();
+        for series in [
+            "bizcall_cdr_received_total{result=\"unavailable\"}",
+            "bizcall_calls_unmatched_total",
+            "bizcall_events_expired_total",
+            "bizcall_popups_expired_total",
+            "bizcall_slow_consumer_disconnects_total",
+            "bizcall_tablets_connected{auth=\"token\"}",
+        ] {
+            assert!(
+                text.lines().any(|l| l
+                    .strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with(' '))),
+                "{series} missing from:\n{text}"
+            );
+        }
+    }
 }

@@ -5,12 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::Router;
 use chrono::Utc;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
+use crate::http::conn::{Conn, Limits, Timeouts, Tracked};
+
+use crate::auth::LoginGuard;
 use crate::bus::local::LocalBus;
 use crate::bus::{EventHandler, SharedBus};
 use crate::config::{BusKind, Config};
@@ -29,6 +38,8 @@ pub struct App {
     pub marks: PublishMarks,
     pub bus: SharedBus,
     pub hub: Arc<Hub>,
+    /// Failed sign-ins per client address (tablet API, admin, STOMP).
+    pub logins: Arc<LoginGuard>,
     pub metrics: PrometheusHandle,
     /// Cancelled when the instance starts to stop.
     pub shutdown: CancellationToken,
@@ -37,6 +48,8 @@ pub struct App {
 /// A running instance.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `webhook.listen` bound, when set.
+    pub webhook_addr: Option<SocketAddr>,
     pub app: App,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -60,23 +73,48 @@ pub fn raise_file_limit() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
 
+/// Descriptors kept back from `server.max_connections` when it is derived
+/// from the open-file limit: for the database pool, the broker, log files,
+/// and the webhook listener's own share when there is one.
+fn derived_max_connections(open_files: Option<u64>, config: &Config) -> usize {
+    let files = open_files.unwrap_or(1024) as usize;
+    let webhook = config
+        .webhook
+        .listen
+        .map_or(0, |_| config.webhook.max_connections);
+    let headroom = (files / 50).max(256) + webhook;
+    files.saturating_sub(headroom).max(16)
+}
+
 /// Opens the database (running migrations), starts the bus and serves.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    match raise_file_limit() {
-        Some(cap) => tracing::info!(
-            open_files = cap,
-            "open-file limit raised to the hard limit: about {} tablets per instance",
-            cap.saturating_sub(64)
-        ),
-        None => tracing::warn!("could not read or raise the open-file limit"),
+    let open_files = raise_file_limit();
+    if open_files.is_none() {
+        tracing::warn!("could not read or raise the open-file limit");
     }
+    if config.compat.anonymous {
+        tracing::warn!(
+            origins = ?config.stomp.allowed_origins,
+            "compat.anonymous is on: browsers on stomp.allowed_origins may connect without a token and follow ANY store's calls on /ws/v1/topic/call-store/<slug>; give those tablets tokens and turn it off"
+        );
+    }
+    let max_connections = config
+        .server
+        .max_connections
+        .unwrap_or_else(|| derived_max_connections(open_files, &config));
+    tracing::info!(
+        open_files = open_files.unwrap_or(0),
+        max_connections,
+        "connection cap on {}: {max_connections} (server.max_connections{})",
+        config.server.listen,
+        if config.server.max_connections.is_some() {
+            ""
+        } else {
+            ", derived from the open-file limit"
+        }
+    );
     let config = Arc::new(config);
-    let db = Db::connect(&config.database.url).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open database {}: {e}",
-            redact_url(&config.database.url)
-        )
-    })?;
+    let db = Db::connect(&config.database.url).await?;
     db.migrate().await?;
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
@@ -92,6 +130,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         marks: PublishMarks::start(db.clone()),
         bus,
         hub,
+        logins: Arc::new(LoginGuard::new(
+            config.server.auth_fail_limit,
+            config.server.auth_fail_window,
+        )),
         metrics,
         shutdown: shutdown.clone(),
     };
@@ -100,11 +142,30 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let webhook_listener = match config.webhook.listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {at} (webhook.listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let webhook_addr = match &webhook_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    if let Some(at) = webhook_addr {
+        tracing::info!(
+            max_connections = config.webhook.max_connections,
+            "webhook listener on http://{at} (webhook and health checks only)"
+        );
+    }
     tracing::info!(
-        "bizcall {} listening on http://{addr} (database {}, bus {:?})",
+        "bizcall {} listening on http://{addr} (database: {} {}; bus: {})",
         env!("CARGO_PKG_VERSION"),
         db.kind(),
-        config.bus.kind
+        without_password(&config.database.url),
+        describe_bus(&config),
     );
 
     tokio::spawn(retention(app.clone()));
@@ -116,32 +177,197 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         closing.hub.close_all("server restart").await;
     });
 
-    let router = crate::http::router(app.clone());
+    let timeouts = Timeouts {
+        header: config.server.header_timeout,
+        idle: config.server.idle_timeout,
+    };
+    let main = Listener {
+        name: "main",
+        limits: Limits::new(max_connections, config.server.max_pending_per_address),
+        router: crate::http::router(app.clone()),
+        timeouts,
+    };
+    let webhook = webhook_listener.map(|l| {
+        let side = Listener {
+            name: "webhook",
+            // The provider's connections are not tablets: no per-address share.
+            limits: Limits::new(config.webhook.max_connections, 0),
+            router: crate::http::webhook_router(app.clone()),
+            timeouts,
+        };
+        let stop = app.shutdown.clone();
+        let trusted = config.clone();
+        tokio::spawn(async move { side.accept_loop(l, &trusted, stop).await })
+    });
     let served = app.clone();
     let task = tokio::spawn(async move {
         let stop = served.shutdown.clone();
-        // Popups and webhook answers are small writes that must leave at
-        // once: no Nagle delay on any connection.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-        // Give tablets a moment to receive their ERROR and go.
+        let limits = main.limits.clone();
+        main.accept_loop(listener, &served.config, stop).await;
+        if let Some(w) = webhook {
+            let _ = w.await;
+        }
+        // Give tablets a moment to receive their ERROR and go, and HTTP
+        // requests under way a moment to finish.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while served.hub.counts().0 > 0 && tokio::time::Instant::now() < deadline {
+        while (served.hub.counts().0 > 0 || limits.open() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let result: std::io::Result<()> = Ok(());
         served.bus.shutdown().await;
         served.db.close().await;
         tracing::info!("bizcall stopped");
         result.map_err(anyhow::Error::from)
     });
-    Ok(Server { addr, app, task })
+    Ok(Server {
+        addr,
+        webhook_addr,
+        app,
+        task,
+    })
+}
+
+/// One listening socket: its routes, caps and timeouts.
+struct Listener {
+    name: &'static str,
+    limits: Arc<Limits>,
+    router: Router,
+    timeouts: Timeouts,
+}
+
+/// Answers a connection refused at accept without reading from it.
+fn refuse(stream: TcpStream, status: &str, why: &str) {
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{why}\n",
+        why.len() + 1
+    );
+    // A fresh socket's send buffer is empty: this does not block.
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+impl Listener {
+    /// Accepts until `stop`; refuses at once what is over a cap.
+    async fn accept_loop(self, listener: TcpListener, config: &Config, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let mut last_warning: Option<Instant> = None;
+        let mut warn = |what: &str| {
+            // At most one line every ten seconds for a flood.
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_warning = Some(Instant::now());
+                tracing::warn!(listener = this.name, "{what}");
+            }
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors or memory: wait for some to free.
+                        warn(&format!("accept error: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(slot) = this.limits.try_open() else {
+                crate::metrics::connection_refused("cap");
+                warn(&format!(
+                    "connection cap of {} reached: refusing new connections",
+                    this.limits.max_open()
+                ));
+                refuse(stream, "503 Service Unavailable", "too many connections");
+                continue;
+            };
+            // Behind a trusted proxy the client is known only from the
+            // request; the WebSocket upgrade counts it then.
+            let pending = if this.name == "main" && !config.is_trusted_proxy(peer.ip()) {
+                match this.limits.try_pending(peer.ip()) {
+                    Some(p) => Some(p),
+                    None => {
+                        crate::metrics::connection_refused("address");
+                        warn(&format!(
+                            "too many connections from {} that are not connected tablets",
+                            peer.ip()
+                        ));
+                        refuse(
+                            stream,
+                            "429 Too Many Requests",
+                            "too many connections from this address",
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            crate::metrics::connections_open(this.name, this.limits.open());
+            let conn = Conn::new(peer, this.limits.clone(), pending);
+            let served = this.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                served.serve(stream, conn, slot, stop).await;
+                crate::metrics::connections_open(served.name, served.limits.open());
+            });
+        }
+    }
+
+    /// Serves one connection's HTTP requests (and its WebSocket upgrade),
+    /// closing it when a header or idle timeout passes.
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        conn: Arc<Conn>,
+        slot: crate::http::conn::OpenSlot,
+        stop: CancellationToken,
+    ) {
+        // Popups and webhook answers are small writes that must leave at
+        // once: no Nagle delay on any connection.
+        let _ = stream.set_nodelay(true);
+        let peer = conn.peer;
+        let io = TokioIo::new(Tracked::new(stream, conn.clone(), slot));
+        let router = self.router.clone();
+        let in_service = conn.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            in_service.request_started();
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(in_service.clone());
+            let router = router.clone();
+            let conn = in_service.clone();
+            async move {
+                let answer = router.oneshot(req).await;
+                conn.request_done();
+                answer
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // Header and idle timeouts are ours (`Conn::deadline`): hyper's own
+        // header timeout would also cut kept-alive connections short.
+        builder.timer(TokioTimer::new()).header_read_timeout(None);
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        let mut stopping = false;
+        loop {
+            let deadline = conn.deadline(self.timeouts);
+            let wake = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::sleep_until(wake) => {
+                    if conn.deadline(self.timeouts).is_some_and(|d| Instant::now() >= d) {
+                        crate::metrics::connection_timed_out();
+                        tracing::debug!(%peer, "HTTP connection closed: header or idle timeout");
+                        return;
+                    }
+                }
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }
 
 /// Deletes calls older than `database.retention_days`, now and hourly.
@@ -195,6 +421,29 @@ async fn revocation(app: App) {
 }
 
 /// A URL fit for logs: any password replaced.
+/// The bus as the start-up line names it.
+pub fn describe_bus(config: &Config) -> String {
+    match config.bus.kind {
+        BusKind::Local => "in-process (one instance)".into(),
+        BusKind::Amqp => format!(
+            "RabbitMQ {}, exchange {}",
+            without_password(&config.amqp.url),
+            config.amqp.exchange
+        ),
+    }
+}
+
+/// A URL with its password left out altogether (`amqp://guest@host`).
+pub fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {

@@ -192,7 +192,8 @@ async fn failures_are_retried_with_backoff_then_dead_lettered() {
         &broker,
         |c| {
             c.amqp.dead_letter = true;
-            c.amqp.retry_max_attempts = 2;
+            // Attempts in all, the first included: the first try and two retries.
+            c.amqp.retry_max_attempts = 3;
             c.amqp.retry_initial_interval = Duration::from_millis(300);
             c.amqp.retry_multiplier = 2.0;
             c.amqp.retry_max_interval = Duration::from_secs(5);
@@ -234,6 +235,35 @@ async fn failures_are_retried_with_backoff_then_dead_lettered() {
     assert!(dead[0].died_at.is_some());
     // Listing removes nothing.
     assert_eq!(broker.dlq_depth().await, 3);
+    bus.shutdown().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_attempt_means_no_retry() {
+    let broker = common::Broker::new();
+    let (handler, mut rx) = recorder(Behaviour::Fail);
+    let bus = amqp_bus(
+        &broker,
+        |c| {
+            c.amqp.dead_letter = true;
+            c.amqp.retry_max_attempts = 1;
+            c.amqp.retry_initial_interval = Duration::from_millis(100);
+        },
+        handler,
+    )
+    .await;
+    bus.publish(&event("once", "s", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let (ev, _) = recv(&mut rx).await;
+    assert_eq!(ev.call_id, "once");
+    common::eventually(Duration::from_secs(10), "dead-lettered", || async {
+        broker.dlq_depth().await == 1
+    })
+    .await;
+    // Rejected after the single attempt: the handler saw it once.
+    nothing_more(&mut rx).await;
     bus.shutdown().await;
     broker.cleanup().await;
 }

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{run_cli, Instance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,4 +215,138 @@ fn revoked_tokens_stop_verifying() {
         })
         .unwrap();
     assert_eq!(stored, vec![bizcall::token::hash(&token)]);
+}
+
+/// A port where nothing listens (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn unreachable_services_are_named_with_their_cause() {
+    let port = closed_port();
+    let pg = format!("postgres://postgres:secret@127.0.0.1:{port}/bizcall");
+    let (code, out, err) = run_cli(&["store", "list"], &[("BIZCALL_DATABASE__URL", &pg)]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "database: connection refused at 127.0.0.1:{port} (is PostgreSQL running?)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+
+    let server = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = run_cli(
+        &[
+            "call", "simulate", "--to", "0501", "--from", "0102", "--server", &server,
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach http://127.0.0.1:{port}/bizcall/cdr: connection refused"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("bizcall serve"), "{err}");
+}
+
+#[test]
+fn the_test_suites_variables_are_not_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/x.db", dir.path().display());
+    let (code, _, err) = run_cli(
+        &["store", "list"],
+        &[
+            ("BIZCALL_DATABASE__URL", db.as_str()),
+            (
+                "BIZCALL_TEST_PG",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            ("BIZCALL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_is_plain_to_a_newcomer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Instance::spawn(dir.path(), &[]);
+    let base = server.base();
+    // The start-up line reaches the log just after the address is read.
+    let line = "(database: sqlite sqlite://bizcall.db; bus: in-process (one instance))";
+    common::eventually(Duration::from_secs(5), line, || async {
+        server.log_text().contains(line)
+    })
+    .await;
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Before any call, /metrics lists every series at zero with its HELP.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "# HELP bizcall_cdr_received_total",
+        "bizcall_cdr_received_total{result=\"stored\"} 0",
+        "bizcall_calls_total{status=\"ringing\"} 0",
+        "bizcall_events_published_total 0",
+        "bizcall_events_rejected_total{reason=\"poison\"} 0",
+        "bizcall_popups_sent_total 0",
+        "bizcall_slow_consumer_disconnects_total 0",
+        "bizcall_calls_deleted_total 0",
+        "# HELP bizcall_tablets_connected",
+        "bizcall_tablets_connected{auth=\"token\"} 0",
+        "bizcall_stores_with_tablets 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    let root = client.get(format!("{base}/")).send().await.unwrap();
+    assert!(root.status().is_redirection(), "{}", root.status());
+    assert_eq!(root.headers()["location"], "/tablet");
+
+    let icon = client
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(icon.status().as_u16(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    assert!(icon.text().await.unwrap().starts_with("<svg"));
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}: {}", server.log_text());
+
+    // With RabbitMQ, the line names the broker without its password.
+    let broker = common::Broker::new();
+    let env = broker.env();
+    let mut server = Instance::spawn(dir.path(), &common::env_refs(&env));
+    let url = bizcall::server::without_password(&common::amqp_url());
+    let line = format!("bus: RabbitMQ {url}, exchange {}", broker.exchange);
+    common::eventually(Duration::from_secs(5), &line, || async {
+        server.log_text().contains(&line)
+    })
+    .await;
+    let log = server.log_text();
+    if let Some(password) = url::Url::parse(&common::amqp_url()).unwrap().password() {
+        assert!(!log.contains(&format!(":{password}@")), "{log}");
+    }
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}: {}", server.log_text());
+    broker.cleanup().await;
 }

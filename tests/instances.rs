@@ -291,7 +291,7 @@ async fn start_up_errors_each_have_their_line() {
     let env = broker.env();
     let err = serve_fails(&common::env_refs(&env));
     let want = format!(
-        "error: RabbitMQ exchange '{x}' exists with type 'direct' but bizcall needs 'fanout': delete it (rabbitmqadmin delete exchange name={x}",
+        "error: RabbitMQ exchange '{x}' exists with type 'direct' but bizcall needs 'fanout': delete it on the broker (for vhost /: rabbitmqctl eval 'rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{x}\">>)",
         x = broker.exchange
     );
     assert!(err.contains(&want), "{err}");

@@ -7,39 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::stomp::Client;
-use common::{Backend, TestDb};
-
-struct Ctx {
-    db: TestDb,
-    server: bizcall::server::Server,
-}
+use common::Single as Ctx;
 
 impl Ctx {
-    async fn new(tweak: impl FnOnce(&mut bizcall::config::Config)) -> Ctx {
-        let db = TestDb::new(Backend::Sqlite).await;
-        let mut config = common::config_for(db.url());
-        tweak(&mut config);
-        let server = common::start(config).await;
-        Ctx { db, server }
-    }
-
-    fn ws(&self) -> String {
-        format!("ws://{}/ws", self.server.addr)
-    }
-
-    fn base(&self) -> String {
-        common::base(self.server.addr)
-    }
-
-    /// Registers a store with one number and returns a tablet token.
-    async fn store(&self, slug: &str, number: &str) -> String {
-        let db = &self.server.app.db;
-        db.store_add(slug, slug, &[number.to_string()])
-            .await
-            .unwrap();
-        db.token_issue(slug, "test").await.unwrap().1
-    }
-
     async fn call(&self, seq: &str, number: &str, extra: &[(&str, &str)]) {
         let mut fields = vec![
             ("seq", seq),
@@ -330,7 +300,8 @@ async fn hostile_input_gets_error_or_close_and_others_are_unaffected() {
             "CONNECT\nno-colon-here\n\n\0".into(),
             Some("malformed header"),
         ),
-        ("1 MiB frame", big_body, Some("frame too large")),
+        // One WebSocket message larger than a frame may be.
+        ("1 MiB message", big_body, Some("message too large")),
         ("1000 headers", many_headers, Some("too many headers")),
         (
             "frame before CONNECT",
@@ -345,7 +316,9 @@ async fn hostile_input_gets_error_or_close_and_others_are_unaffected() {
     ];
     for (what, raw, message) in cases {
         let mut c = Client::open(&ctx.ws(), None, None).await;
-        c.send_raw(&raw).await;
+        // The 1 MiB message is refused from its header, often while it is
+        // still being written: the write may then fail, the ERROR still comes.
+        let _ = c.try_send_raw(&raw).await;
         let err = c.expect("ERROR").await;
         assert_eq!(err.get("message"), message, "{what}");
         assert!(c.closed_within(Duration::from_secs(5)).await, "{what}");

@@ -284,7 +284,10 @@ async fn repeats_updates_and_unknown_stores(backend: Backend) {
     // provider's retry (a repeat) publishes it, once.
     let params = bizcall::cdr::Params::from_urlencoded(q("D1", "").as_bytes()).unwrap();
     let cdr = bizcall::cdr::Cdr::from_params(&params).unwrap();
-    ctx.store().upsert_call(&cdr).await.unwrap().unwrap();
+    assert!(matches!(
+        ctx.store().upsert_call(&cdr).await.unwrap(),
+        bizcall::db::Upsert::Changed(_)
+    ));
     ctx.no_more_events().await;
     assert_eq!(ctx.get(&q("D1", "")).await.0, 200);
     assert_eq!(ctx.next_event().await.call_id, "D1");
@@ -293,6 +296,141 @@ async fn repeats_updates_and_unknown_stores(backend: Backend) {
     ctx.finish().await;
 }
 on_both_databases!(repeats, repeats_updates_and_unknown_stores);
+
+/// A repeated `seq` cannot move a call to another store, make it vanish or
+/// change its caller: the first CDR fixes `vn`, `ton`, `fromn`, `sdt` and
+/// the store; a disagreeing repeat is `409` and changes nothing, while
+/// status updates still apply.
+async fn repeats_cannot_rewrite_a_call(backend: Backend) {
+    let mut ctx = setup(backend, |_| {}).await;
+    ctx.store()
+        .store_add("jongno", "Jongno", &["05033334444".to_string()])
+        .await
+        .unwrap();
+    let done = "&swidt=20261122101510&edt=20261122102000";
+    assert_eq!(ctx.get(&q("I1", done)).await.0, 200);
+    let ev = ctx.next_event().await;
+    assert_eq!(
+        (ev.store.as_str(), ev.status),
+        ("gangnam", CallStatus::Completed)
+    );
+    assert!(ctx
+        .store()
+        .acknowledge_call("I1", "gangnam", "tab")
+        .await
+        .unwrap());
+    let before = ctx.store().call("I1").await.unwrap().unwrap();
+
+    let base = format!("sdt=20261122101500&fromn=010-1234-5678&ton={TON}&vn={VN}{done}");
+    let attacks = [
+        // Another store's vn: would move the call to jongno.
+        ("vn", base.replace(VN, "05033334444")),
+        // An unknown vn: would take it out of every list.
+        ("vn", base.replace(VN, "05099990000")),
+        // No vn at all.
+        ("vn", base.replace(&format!("&vn={VN}"), "")),
+        ("ton", base.replace(TON, "0299990000")),
+        ("fromn", base.replace("010-1234-5678", "010-9999-0000")),
+        ("sdt", base.replace("20261122101500", "20261122101501")),
+    ];
+    for (field, query) in &attacks {
+        let r = common::http()
+            .get(format!("{}?seq=I1&{query}", ctx.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 409, "{query}");
+        assert!(r
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/plain")));
+        let body = r.text().await.unwrap();
+        assert!(
+            body.starts_with(&format!("conflict: {field}: ")),
+            "{query}: {body}"
+        );
+        assert!(!body.contains("1234"), "no number echoed: {body}");
+    }
+    // A conflicting repeat that also carries a newer status changes nothing.
+    let r = ctx.get(&format!("seq=I1&{}&memo=x", attacks[0].1)).await;
+    assert_eq!(r.0, 409);
+    ctx.no_more_events().await;
+    assert_eq!(ctx.store().call("I1").await.unwrap().unwrap(), before);
+    let listed = ctx
+        .store()
+        .calls_for_store("jongno", None, 10)
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+
+    // Status, swidt, edt and the free text still update under the rank rules.
+    assert_eq!(ctx.get(&q("I2", "")).await.0, 200);
+    assert_eq!(ctx.next_event().await.status, CallStatus::Ringing);
+    assert_eq!(ctx.get(&q("I2", "&swidt=20261122101510")).await.0, 200);
+    assert_eq!(ctx.next_event().await.status, CallStatus::Answered);
+    assert_eq!(
+        ctx.get(&q("I2", &format!("{done}&memo=late&cause=x")))
+            .await
+            .0,
+        200
+    );
+    let ev = ctx.next_event().await;
+    assert_eq!(
+        (ev.store.as_str(), ev.status),
+        ("gangnam", CallStatus::Completed)
+    );
+    // A late ringing with the same identity is an ordinary repeat.
+    assert_eq!(ctx.get(&q("I2", "")).await.0, 200);
+    ctx.no_more_events().await;
+
+    // Concurrent legitimate updates and forged repeats: the forged ones all
+    // fail, whatever the interleaving, and the call stays where it was.
+    assert_eq!(ctx.get(&q("I3", "")).await.0, 200);
+    ctx.next_event().await;
+    let client = common::http();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let query = if i % 2 == 0 {
+            format!("seq=I3&{}", base.replace(VN, "05033334444"))
+        } else {
+            q("I3", done)
+        };
+        let (client, url) = (client.clone(), format!("{}?{query}", ctx.url));
+        tasks.push(tokio::spawn(async move {
+            (
+                i % 2,
+                client.get(url).send().await.unwrap().status().as_u16(),
+            )
+        }));
+    }
+    for t in tasks {
+        let (kind, code) = t.await.unwrap();
+        assert_eq!(code, if kind == 0 { 409 } else { 200 });
+    }
+    let row = ctx.store().call("I3").await.unwrap().unwrap();
+    assert_eq!(
+        (row.store.as_str(), row.status.as_str()),
+        ("gangnam", "completed")
+    );
+    assert_eq!(row.virtual_number.as_deref(), Some(VN));
+
+    let metrics = common::http()
+        .get(format!("{}/metrics", common::base(ctx.server.addr)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let conflicts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bizcall_cdr_received_total{result=\"conflict\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(conflicts >= 37.0, "conflicts counted: {conflicts}");
+    ctx.finish().await;
+}
+on_both_databases!(identity, repeats_cannot_rewrite_a_call);
 
 async fn key_and_allow_from(backend: Backend) {
     let mut ctx = setup(backend, |c| {
@@ -350,7 +488,8 @@ async fn key_and_allow_from(backend: Backend) {
     assert_eq!(ctx.store().count_calls().await.unwrap(), 0);
     ctx.finish().await;
 
-    // Behind a trusted proxy the first forwarded hop is the client.
+    // Behind a trusted proxy the right-most untrusted hop is the client: a
+    // forged left part is never believed.
     let ctx = setup(backend, |c| {
         c.webhook.allow_from = vec!["10.0.0.0/8".parse().unwrap()];
         c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
@@ -359,6 +498,8 @@ async fn key_and_allow_from(backend: Backend) {
     for (xff, want) in [
         ("10.1.2.3, 127.0.0.1", 200),
         ("192.168.1.1", 403),
+        ("10.1.2.3, 192.168.1.1", 403),
+        ("10.1.2.3, 192.168.1.1, 127.0.0.1", 403),
         ("junk", 403),
     ] {
         let r = common::http()

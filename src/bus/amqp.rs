@@ -1,4 +1,4 @@
-//! The RabbitMQ bus (SPEC section 8): a durable fanout exchange, one
+//! The RabbitMQ bus (docs/rabbitmq.md): a durable fanout exchange, one
 //! exclusive auto-delete queue per instance, per-message TTL, publisher
 //! confirms, ack modes, retry with backoff, optional dead-lettering, and a
 //! reconnect loop of our own that declares the topology afresh each time.
@@ -41,7 +41,7 @@ const RECONNECT_CAP: Duration = Duration::from_secs(10);
 /// Why the broker could not be used, each with its own line for people.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs 'fanout': delete it (rabbitmqadmin delete exchange name={exchange}, or the management UI) or choose another amqp.exchange")]
+    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs 'fanout': delete it on the broker (for vhost /: rabbitmqctl eval 'rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{exchange}\">>), false, <<\"cli\">>).') or choose another amqp.exchange")]
     ExchangeType { exchange: String, current: String },
     #[error("RabbitMQ at {broker} refused the credentials in amqp.url: check the user name and password")]
     Credentials { broker: String },
@@ -431,12 +431,13 @@ impl Inner {
         }
     }
 
+    /// Attempts after the first failed one: `retry_max_attempts` counts
+    /// attempts in all, the first included, as Spring's `max-attempts` does
+    /// (docs/rabbitmq.md, "Consuming").
     async fn retry(self: Arc<Self>, acker: lapin::Acker, event: CallEvent) {
         let mut delay = self.config.retry_initial_interval;
-        for attempt in 1..=self.config.retry_max_attempts {
-            if Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
-                >= event.expires_at
-            {
+        for attempt in 2..=self.config.retry_max_attempts {
+            if Utc::now() + crate::config::to_chrono(delay) >= event.expires_at {
                 break;
             }
             tokio::select! {

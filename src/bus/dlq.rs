@@ -97,16 +97,15 @@ pub async fn replay(config: &Config) -> anyhow::Result<(usize, usize)> {
             continue;
         };
         let now = Utc::now();
-        let ttl = config.bus.message_ttl;
         event.published_at = now;
-        event.expires_at = now + chrono::Duration::from_std(ttl)?;
+        event.expires_at = now + config.bus.ttl();
         let confirm = publisher
             .basic_publish(
                 config.amqp.exchange.as_str().into(),
                 "".into(),
                 BasicPublishOptions::default(),
                 event.to_json().as_bytes(),
-                message_properties(&event, ttl),
+                message_properties(&event, config.bus.message_ttl),
             )
             .await?
             .await?;

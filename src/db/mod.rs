@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -54,6 +54,22 @@ pub enum DbError {
     /// A failure reported by a background writer (see `marks`).
     #[error("database: {0}")]
     Background(String),
+    /// The database could not be opened at all.
+    #[error("database: {0}")]
+    Open(#[from] OpenError),
+}
+
+/// Why the database could not be opened, said the way a person checks it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("connection refused at {0} (is PostgreSQL running?)")]
+    Refused(String),
+    #[error("no answer from {0} within {secs} s (is the host reachable?)", secs = ACQUIRE_TIMEOUT.as_secs())]
+    NoAnswer(String),
+    /// Anything else (authentication, unknown database, a bad SQLite path),
+    /// with the URL, its password hidden.
+    #[error("cannot open {url}: {source}")]
+    Other { url: String, source: sqlx::Error },
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -94,6 +110,10 @@ pub struct CallRow {
 
 impl CallRow {
     pub fn status(&self) -> CallStatus {
+        // The column is only ever written from `CallStatus::as_str`. Text
+        // put there by hand reads as ringing, the lowest rank, so the
+        // provider's next CDR still moves the call on; failing the whole
+        // call list for one row would hide every other call.
         self.status.parse().unwrap_or(CallStatus::Ringing)
     }
 
@@ -111,9 +131,37 @@ impl CallRow {
             answered_at: self.answered_at.map(from_millis),
             ended_at: self.ended_at.map(from_millis),
             published_at: at,
-            expires_at: at
-                + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30)),
+            expires_at: at + crate::config::to_chrono(ttl),
         }
+    }
+}
+
+/// What storing a CDR did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upsert {
+    /// A new call, or an update of one: the row as it now is, to publish.
+    Changed(CallRow),
+    /// Nothing changed: the same CDR again, or an update that would move
+    /// the status backwards.
+    Unchanged,
+    /// The `seq` is stored with another identity; nothing changed.
+    Conflict(Conflict),
+}
+
+/// A repeat of a `seq` that disagrees with the call its first CDR made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The first parameter that differs: `vn`, `ton`, `fromn` or `sdt`.
+    pub field: &'static str,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: differs from the first CDR of this seq; a call's vn, ton, fromn and sdt are fixed by its first CDR",
+            self.field
+        )
     }
 }
 
@@ -144,11 +192,38 @@ pub struct NewReservation {
     pub memo: Option<String>,
 }
 
+/// Creates a missing SQLite file readable by its owner only: it holds
+/// callers' numbers. SQLite gives the `-wal` and `-shm` files the mode of
+/// the database file. An existing file is left as it is.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(DbError::Sql(sqlx::Error::Io(e))),
+        }
+    }
+    Ok(())
+}
+
 pub fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    // Every stored time comes from the clock or a checked CDR date, both far
+    // inside chrono's range (±262,000 years); only a hand-edited row can
+    // miss it, and it then reads as the epoch rather than failing a list.
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
@@ -159,7 +234,9 @@ impl Db {
     /// Opens a pool for `url` (`sqlite:` creates the file when missing).
     pub async fn connect(url: &str) -> Result<Self> {
         if url.starts_with("sqlite:") {
-            let opts = SqliteConnectOptions::from_str(url)?
+            let opts = SqliteConnectOptions::from_str(url)?;
+            create_private(opts.get_filename())?;
+            let opts = opts
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: an `OK` to the provider survives a power cut.
@@ -170,9 +247,38 @@ impl Db {
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(opts)
-                .await?;
+                .await
+                .map_err(|source| OpenError::Other {
+                    url: url.to_string(),
+                    source,
+                })?;
             Ok(Db::Sqlite(pool))
         } else {
+            // One plain connection first: a pool would retry a refused
+            // connection until its timeout and report only "timed out".
+            let opts = PgConnectOptions::from_str(url)?;
+            let at = format!("{}:{}", opts.get_host(), opts.get_port());
+            let other = |source| OpenError::Other {
+                url: crate::server::redact_url(url),
+                source,
+            };
+            match tokio::time::timeout(
+                ACQUIRE_TIMEOUT,
+                <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+            )
+            .await
+            {
+                Err(_) => return Err(OpenError::NoAnswer(at).into()),
+                Ok(Err(sqlx::Error::Io(e)))
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    return Err(OpenError::Refused(at).into())
+                }
+                Ok(Err(e)) => return Err(other(e).into()),
+                Ok(Ok(conn)) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -180,8 +286,9 @@ impl Db {
                 // every CDR. A connection that died is found by the query
                 // itself (answered 503, the provider retries) and dropped.
                 .test_before_acquire(false)
-                .connect(url)
-                .await?;
+                .connect_with(opts)
+                .await
+                .map_err(other)?;
             Ok(Db::Postgres(pool))
         }
     }
@@ -245,6 +352,33 @@ impl Db {
             }
             other => Ok(other?),
         }
+    }
+
+    /// Adds several stores in one transaction: all or none.
+    pub async fn stores_add_all(&self, stores: &[Store]) -> Result<()> {
+        let now = millis(Utc::now());
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for store in stores {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO stores (slug, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(&store.slug)
+                .bind(&store.name)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                for number in &store.numbers {
+                    sqlx::query("INSERT INTO store_numbers (number, store_id) VALUES ($1, $2)")
+                        .bind(number)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     async fn check_store_free(&self, slug: &str, numbers: &[String]) -> Result<()> {
@@ -416,12 +550,15 @@ impl Db {
     // ---- calls --------------------------------------------------------
 
     /// Stores a CDR idempotently by `seq`, in one statement. The owning
-    /// store is the one that registered `vn`, else `ton` ("" for none). A
-    /// repeat with the same fields changes nothing; new fields update the
-    /// row unless the status would move backwards. Returns the row when
-    /// something changed (a new call, or an update to publish), `None` for
-    /// a repeat or a stale update.
-    pub async fn upsert_call(&self, cdr: &Cdr) -> Result<Option<CallRow>> {
+    /// store is the one that registered `vn`, else `ton` ("" for none).
+    ///
+    /// A call's identity — `vn`, `ton`, `fromn`, `sdt` and the store it
+    /// matched — is fixed by its first CDR: an update only applies when the
+    /// identity agrees (and the status does not move backwards), and the
+    /// store is never rewritten. A repeat with the same fields changes
+    /// nothing. Since the identity columns are written once, the follow-up
+    /// read that names a conflict cannot race with another update.
+    pub async fn upsert_call(&self, cdr: &Cdr) -> Result<Upsert> {
         let now = millis(Utc::now());
         let status = cdr.status();
         let extras = serde_json::to_string(
@@ -443,18 +580,21 @@ impl Db {
              SELECT $1, owner.slug, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, \
                 CASE WHEN owner.slug = '' THEN 0 ELSE 1 END \
              FROM owner WHERE true \
-             ON CONFLICT (seq) DO UPDATE SET store = excluded.store, status = excluded.status, \
-                status_rank = excluded.status_rank, started_at = excluded.started_at, \
+             ON CONFLICT (seq) DO UPDATE SET status = excluded.status, \
+                status_rank = excluded.status_rank, \
                 answered_at = excluded.answered_at, ended_at = excluded.ended_at, \
-                caller = excluded.caller, virtual_number = excluded.virtual_number, \
-                destination = excluded.destination, extras = excluded.extras, \
+                extras = excluded.extras, \
                 fingerprint = excluded.fingerprint, updated_at = excluded.updated_at, \
-                event_pending = excluded.event_pending \
+                event_pending = CASE WHEN calls.store = '' THEN 0 ELSE 1 END \
              WHERE calls.fingerprint <> excluded.fingerprint \
                 AND calls.status_rank <= excluded.status_rank \
+                AND COALESCE(calls.virtual_number, '') = COALESCE(excluded.virtual_number, '') \
+                AND calls.destination = excluded.destination \
+                AND calls.caller = excluded.caller \
+                AND calls.started_at = excluded.started_at \
              RETURNING {CALL_COLUMNS}"
         );
-        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
+        let changed = on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
             .bind(&cdr.seq)
             .bind(status.as_str())
             .bind(i64::from(status.rank()))
@@ -468,7 +608,34 @@ impl Db {
             .bind(cdr.fingerprint())
             .bind(now)
             .fetch_optional(pool)
-            .await)?)
+            .await)?;
+        if let Some(row) = changed {
+            return Ok(Upsert::Changed(row));
+        }
+        let first: Option<(String, Option<String>, String, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT caller, virtual_number, destination, started_at FROM calls WHERE seq = $1",
+        )
+        .bind(&cdr.seq)
+        .fetch_optional(pool)
+        .await)?;
+        let Some((caller, virtual_number, destination, started_at)) = first else {
+            // Deleted by retention in between: nothing to conflict with.
+            return Ok(Upsert::Unchanged);
+        };
+        let field = if virtual_number.as_deref().unwrap_or("")
+            != cdr.virtual_number.as_deref().unwrap_or("")
+        {
+            "vn"
+        } else if destination != cdr.destination {
+            "ton"
+        } else if caller != cdr.caller {
+            "fromn"
+        } else if started_at != millis(cdr.started_at) {
+            "sdt"
+        } else {
+            return Ok(Upsert::Unchanged);
+        };
+        Ok(Upsert::Conflict(Conflict { field }))
     }
 
     /// These calls' latest changes (`(seq, updated_at)`) have been handed
@@ -552,16 +719,53 @@ impl Db {
             .await)?)
     }
 
-    /// Calls of any store that changed at or after `since`, oldest first.
-    pub async fn calls_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<CallRow>> {
-        let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE updated_at >= $1 AND store <> '' \
-             ORDER BY updated_at LIMIT 10000"
-        );
-        Ok(on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
-            .bind(millis(since))
-            .fetch_all(pool)
-            .await)?)
+    /// One page of the changes made at or after `since` to calls of
+    /// `stores`, newest first, strictly before `before` (an
+    /// `(updated_at, seq)` cursor: the last row of the previous page).
+    pub async fn calls_changed_since(
+        &self,
+        stores: &[String],
+        since: DateTime<Utc>,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<CallRow>> {
+        if stores.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (before_at, before_seq) = before.unwrap_or((i64::MAX, ""));
+        let page = "AND (updated_at < $2 OR (updated_at = $2 AND seq < $3)) \
+             ORDER BY updated_at DESC, seq DESC LIMIT $4";
+        Ok(match self {
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE updated_at >= $1 \
+                     AND store IN (SELECT value FROM json_each($5)) {page}"
+                );
+                let list = serde_json::to_string(stores).unwrap_or_else(|_| "[]".into());
+                sqlx::query_as::<_, CallRow>(&sql)
+                    .bind(millis(since))
+                    .bind(before_at)
+                    .bind(before_seq)
+                    .bind(i64::from(limit))
+                    .bind(list)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE updated_at >= $1 \
+                     AND store = ANY($5::text[]) {page}"
+                );
+                sqlx::query_as::<_, CallRow>(&sql)
+                    .bind(millis(since))
+                    .bind(before_at)
+                    .bind(before_seq)
+                    .bind(i64::from(limit))
+                    .bind(stores)
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
     }
 
     /// Marks a call acknowledged by a tablet; only the first ACK counts.

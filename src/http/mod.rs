@@ -2,7 +2,13 @@
 //! and page, and the STOMP WebSocket endpoint.
 
 pub mod api;
+pub mod auth;
+pub mod body;
+pub mod client_ip;
+pub mod conn;
+pub mod error;
 pub mod health;
+pub mod pages;
 pub mod webhook;
 pub mod ws;
 
@@ -14,6 +20,12 @@ use crate::server::App;
 pub fn router(app: App) -> Router {
     let webhook_path = app.config.webhook.path.clone();
     let stomp_path = app.config.stomp.path.clone();
+    let sockjs_path = app.config.compat.sockjs_path.clone();
+    let sockjs = if sockjs_path.is_empty() {
+        Router::new()
+    } else {
+        crate::sockjs::router(app.clone(), &sockjs_path)
+    };
     Router::new()
         .route(
             &webhook_path,
@@ -26,9 +38,57 @@ pub fn router(app: App) -> Router {
             get(api::reservations).post(api::reserve),
         )
         .route("/api/admin/stores", get(api::admin_stores))
-        .route("/tablet", get(api::tablet_page))
+        .route("/tablet", get(pages::tablet_page))
+        .route("/", get(pages::root))
+        .route("/favicon.ico", get(pages::favicon))
+        .route("/tablet.js", get(pages::tablet_script))
+        .route("/tablet.css", get(pages::tablet_style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+        .merge(sockjs)
+}
+
+/// Headers every answer carries: no MIME sniffing, no `Referer` leaving
+/// the page (tokens travel in URL fragments), and for JSON answers a policy
+/// that lets nothing load or frame them. Pages set their own policy.
+async fn security_headers(mut resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json && !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    resp
+}
+
+/// The routes of `webhook.listen`: the provider's webhook, the health
+/// checks and the metrics, nothing a flood of tablets or browsers could use.
+pub fn webhook_router(app: App) -> Router {
+    let webhook_path = app.config.webhook.path.clone();
+    Router::new()
+        .route(
+            &webhook_path,
+            on(MethodFilter::GET.or(MethodFilter::POST), webhook::cdr),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
 }

@@ -1,21 +1,21 @@
-//! The provider's CDR callback (SPEC section 2): access checks, parsing,
-//! durable storage, then the call event on the bus.
+//! The provider's CDR callback (docs/webhook.md): access checks and
+//! parsing; the CDR is then accepted by `intake`, and its outcome answered.
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use crate::call::mask_number;
+use super::body::{media_type, read_limited};
 use crate::cdr::{Cdr, FieldError, Params};
+use crate::intake::{self, Outcome};
 use crate::metrics as m;
 use crate::server::App;
 use crate::token;
 
-/// Largest body (and query string) accepted from the provider.
-pub const MAX_BODY: usize = 16 * 1024;
+pub use super::body::MAX_BODY;
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (
@@ -86,30 +86,17 @@ async fn read_params(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Result<Params, FieldError>, Response> {
-    let bytes = match to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            m::cdr_received("too_large");
-            return Err(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload too large: body over 16 KiB",
-            ));
-        }
+    let Some(bytes) = read_limited(body).await else {
+        m::cdr_received("too_large");
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload too large: body over 16 KiB",
+        ));
     };
     if method != Method::POST || bytes.is_empty() {
         return Ok(Params::from_urlencoded(query.as_bytes()));
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
+    match media_type(headers).as_str() {
         "application/x-www-form-urlencoded" => Ok(Params::from_urlencoded(&bytes)),
         "application/json" => Ok(Params::from_json(&bytes)),
         _ => {
@@ -118,7 +105,13 @@ async fn read_params(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
                     "unsupported media type: expected application/x-www-form-urlencoded or application/json, got \"{}\"",
-                    content_type.chars().take(64).collect::<String>()
+                    headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .chars()
+                        .take(64)
+                        .collect::<String>()
                 ),
             ))
         }
@@ -132,73 +125,26 @@ fn bad_request(e: &FieldError) -> Response {
     text(StatusCode::BAD_REQUEST, format!("bad request: {e}"))
 }
 
-/// Stores the CDR, answers, and publishes what changed.
+/// Accepts the CDR and answers how it went.
 async fn ingest(app: &App, cdr: &Cdr) -> Response {
-    let row = match app.db.upsert_call(cdr).await {
-        Ok(Some(row)) => row,
-        Ok(None) => {
+    match intake::accept(app, cdr).await {
+        Outcome::Stored(_) | Outcome::Unmatched(_) => {
+            m::cdr_received("stored");
+            text(StatusCode::OK, "OK")
+        }
+        Outcome::Repeat => {
             m::cdr_received("repeat");
-            // A repeat publishes nothing, unless the change it repeats was
-            // never handed to the bus (the instance that stored it died
-            // first): then it is published now, while still inside its TTL.
-            let ttl = chrono::Duration::from_std(app.config.bus.message_ttl).unwrap_or_default();
-            match app.db.unpublished(&cdr.seq, chrono::Utc::now() - ttl).await {
-                Ok(Some(row)) => {
-                    tracing::info!(seq = %cdr.seq, "CDR repeat of an unpublished change: publishing it");
-                    publish(app, &row).await;
-                }
-                Ok(None) => tracing::debug!(seq = %cdr.seq, "CDR repeat: nothing changed"),
-                Err(e) => {
-                    tracing::warn!(seq = %cdr.seq, error = %e, "could not check a repeat for an unpublished change")
-                }
-            }
-            return text(StatusCode::OK, "OK");
+            text(StatusCode::OK, "OK")
         }
-        Err(e) => return unavailable(cdr, &e),
-    };
-    let status = row.status();
-    m::cdr_received("stored");
-    m::call_stored(status.as_str());
-    if row.store.is_empty() {
-        m::call_unmatched();
-        tracing::warn!(
-            seq = %cdr.seq,
-            caller = %mask_number(&cdr.caller),
-            vn = %cdr.virtual_number.as_deref().map(mask_number).unwrap_or_default(),
-            ton = %mask_number(&cdr.destination),
-            "CDR matches no store: stored without a popup"
-        );
-        return text(StatusCode::OK, "OK");
-    }
-    tracing::info!(
-        seq = %cdr.seq,
-        store = %row.store,
-        status = %status,
-        caller = %mask_number(&cdr.caller),
-        "CDR stored"
-    );
-    publish(app, &row).await;
-    text(StatusCode::OK, "OK")
-}
-
-/// Publishes a stored change and records that it reached the bus. A failed
-/// publish is kept by the bus and retried there; the row stays pending.
-async fn publish(app: &App, row: &crate::db::CallRow) {
-    let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
-    match app.bus.publish(&event).await {
-        Ok(()) => {
-            if let Err(e) = app.marks.mark(&row.seq, row.updated_at).await {
-                tracing::warn!(seq = %row.seq, error = %e, "could not mark a call event published");
-            }
+        Outcome::Conflict(c) => {
+            m::cdr_received("conflict");
+            text(StatusCode::CONFLICT, format!("conflict: {c}"))
         }
-        Err(e) => tracing::warn!(seq = %row.seq, error = %e, "call event not published yet"),
+        Outcome::Unavailable(_) => {
+            m::cdr_received("unavailable");
+            text(StatusCode::SERVICE_UNAVAILABLE, "unavailable: database")
+        }
     }
-}
-
-fn unavailable(cdr: &Cdr, e: &crate::db::DbError) -> Response {
-    m::cdr_received("unavailable");
-    tracing::error!(seq = %cdr.seq, error = %e, "CDR not stored: database unavailable");
-    text(StatusCode::SERVICE_UNAVAILABLE, "unavailable: database")
 }
 
 fn key_matches(expected: &str, query: &str, headers: &HeaderMap) -> bool {
@@ -215,16 +161,8 @@ fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The client's address: the socket peer, or the first `X-Forwarded-For`
-/// hop when the peer is a trusted proxy.
+/// The client's address: the socket peer, or the right-most
+/// `X-Forwarded-For` hop that is not a trusted proxy (see `client_ip`).
 pub fn client_address(app: &App, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    if !app.config.is_trusted_proxy(peer) {
-        return peer;
-    }
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|first| first.trim().parse::<IpAddr>().ok())
-        .unwrap_or(peer)
+    super::client_ip::client_address(&app.config.server.trusted_proxies, peer, headers)
 }

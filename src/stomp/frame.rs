@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use bytes::{Buf, BytesMut};
+
 /// Headers a frame may carry before it is refused.
 pub const MAX_HEADERS: usize = 100;
 
@@ -88,25 +90,30 @@ impl Command {
         }
     }
 
+    const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
     fn parse(s: &str) -> Option<Self> {
-        const ALL: [Command; 15] = [
-            Command::Connect,
-            Command::Stomp,
-            Command::Send,
-            Command::Subscribe,
-            Command::Unsubscribe,
-            Command::Ack,
-            Command::Nack,
-            Command::Begin,
-            Command::Commit,
-            Command::Abort,
-            Command::Disconnect,
-            Command::Connected,
-            Command::Message,
-            Command::Receipt,
-            Command::Error,
-        ];
-        ALL.into_iter().find(|c| c.as_str() == s)
+        Self::parse_bytes(s.as_bytes())
+    }
+
+    fn parse_bytes(s: &[u8]) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str().as_bytes() == s)
     }
 
     /// CONNECT, STOMP and CONNECTED headers are never escaped (1.2 spec).
@@ -261,10 +268,12 @@ struct Head {
     body_start: usize,
 }
 
-/// Incremental decoder for one connection.
+/// Incremental decoder for one connection. Consumed bytes are dropped from
+/// the front of the buffer in constant time, so decoding costs time linear
+/// in the input however it is split into items.
 #[derive(Debug)]
 pub struct Decoder {
-    buf: Vec<u8>,
+    buf: BytesMut,
     head: Option<Head>,
     /// Where the next search for a terminator starts, so bytes arriving one
     /// at a time cost linear work, not quadratic.
@@ -276,7 +285,7 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(max_frame: usize) -> Self {
         Decoder {
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             head: None,
             scanned: 0,
             max_frame,
@@ -310,7 +319,7 @@ impl Decoder {
                 self.consume(2);
                 return Ok(Some(Item::Heartbeat));
             }
-            if self.buf == b"\r" {
+            if self.buf[..] == b"\r"[..] {
                 return Ok(None);
             }
             self.check_command_line()?;
@@ -380,26 +389,51 @@ impl Decoder {
         })))
     }
 
-    /// Refuses a frame as soon as its first line cannot be a command,
-    /// without waiting for the rest of it.
+    /// Refuses a frame as soon as its first line cannot be a command: the
+    /// bytes so far must be the start of one (a garbage first byte is
+    /// refused at once), and a complete line must be one.
     fn check_command_line(&self) -> Result<(), FrameError> {
         const LONGEST: usize = 12; // "UNSUBSCRIBE" and a CR
         let line_end = self.buf.iter().take(LONGEST + 1).position(|b| *b == b'\n');
         let line = match line_end {
             Some(end) => &self.buf[..end],
-            None if self.buf.len() > LONGEST => &self.buf[..LONGEST],
-            None => return Ok(()),
+            None => &self.buf[..self.buf.len().min(LONGEST + 1)],
         };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = String::from_utf8_lossy(line);
-        if line_end.is_none() || Command::parse(&text).is_none() {
-            return Err(FrameError::UnknownCommand(shorten(&text)));
+        let refuse = || {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            Err(FrameError::UnknownCommand(shorten(
+                &String::from_utf8_lossy(line),
+            )))
+        };
+        match line_end {
+            Some(_) => {
+                let name = line.strip_suffix(b"\r").unwrap_or(line);
+                if Command::parse_bytes(name).is_none() {
+                    return refuse();
+                }
+            }
+            None => {
+                // A command, possibly followed by the CR of a CRLF.
+                let name = line.strip_suffix(b"\r").unwrap_or(line);
+                let whole = name.len() < line.len();
+                let fits = Command::ALL.iter().any(|c| {
+                    let c = c.as_str().as_bytes();
+                    if whole {
+                        c == name
+                    } else {
+                        c.starts_with(name)
+                    }
+                });
+                if !fits {
+                    return refuse();
+                }
+            }
         }
         Ok(())
     }
 
     fn consume(&mut self, n: usize) {
-        self.buf.drain(..n);
+        self.buf.advance(n);
         self.scanned = 0;
     }
 
@@ -647,6 +681,56 @@ mod tests {
         let mut d = Decoder::new(1024);
         d.push(b"SUBSCR");
         assert_eq!(d.next_item(), Ok(None));
+    }
+
+    #[test]
+    fn a_first_byte_that_starts_no_command_is_refused_at_once() {
+        for garbage in [
+            &b"\0\x01\x02\xff"[..],
+            b"\0",
+            b"x",
+            b"{",
+            b"CONNECTX",
+            b"SEND\rX",
+        ] {
+            let mut d = Decoder::new(1024);
+            d.push(garbage);
+            assert!(
+                matches!(d.next_item(), Err(FrameError::UnknownCommand(_))),
+                "{garbage:?}"
+            );
+        }
+        for partial in [
+            &b"C"[..],
+            b"CONN",
+            b"CONNECT",
+            b"CONNECT\r",
+            b"\r",
+            b"UNSUBSCRIBE\r",
+        ] {
+            let mut d = Decoder::new(1024);
+            d.push(partial);
+            assert_eq!(d.next_item(), Ok(None), "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn many_items_in_one_push_are_all_decoded_and_consumed() {
+        let mut d = Decoder::new(1024);
+        let mut wire = vec![b'\n'; 100_000];
+        for _ in 0..10_000 {
+            wire.extend_from_slice(b"ACK\nid:1\n\n\0");
+        }
+        d.push(&wire);
+        let (mut beats, mut frames) = (0, 0);
+        while let Some(item) = d.next_item().unwrap() {
+            match item {
+                Item::Heartbeat => beats += 1,
+                Item::Frame(_) => frames += 1,
+            }
+        }
+        assert_eq!((beats, frames), (100_000, 10_000));
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::frame::{Command, Frame, FrameError, Item, Version};
-use crate::hub::{AckKind, CloseReason, Hub, Prepared, Tablet};
+use super::close::Close;
+use super::frame::{Command, Frame, Item, Version};
+use crate::auth::{bearer_token, Surface};
+use crate::call::EventKind;
+use crate::hub::{AckKind, Hub, Prepared, Subscription, Tablet};
 use crate::metrics as m;
 
 /// Popups with less time than this left are not sent: by the time they
@@ -19,39 +22,74 @@ const STALE_MARGIN: chrono::Duration = chrono::Duration::milliseconds(250);
 /// The destination prefix of a store's calls.
 pub const DESTINATION_PREFIX: &str = "/topic/call-store/";
 
+/// The Spring service's destination prefix: the same calls, in its body
+/// shape (`fromNumber`, `stardDate`), call popups only.
+pub const LEGACY_PREFIX: &str = "/ws/v1/topic/call-store/";
+
+/// End-of-lines accepted before CONNECT; a client has no reason to send
+/// any, so more than a few end the connection.
+pub const MAX_EOLS_BEFORE_CONNECT: usize = 8;
+
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: usize = 16;
+
+/// Who acknowledged a popup, when a tablet without a token did.
+const ANONYMOUS: &str = "anonymous";
+
+/// The store a destination names, and whether it is the legacy one.
+fn parse_destination(destination: &str) -> Option<(&str, bool)> {
+    let (store, legacy) = if let Some(s) = destination.strip_prefix(LEGACY_PREFIX) {
+        (s, true)
+    } else {
+        (destination.strip_prefix(DESTINATION_PREFIX)?, false)
+    };
+    let valid = !store.is_empty()
+        && store.len() <= 63
+        && store
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then_some((store, legacy))
+}
+
 /// What the transport should do after a step.
 #[derive(Debug, Default)]
 pub struct Step {
     pub send: Vec<Frame>,
-    /// Close the connection once `send` is written.
-    pub close: bool,
+    /// Close the connection, for this reason, once `send` is written.
+    pub close: Option<Close>,
 }
 
 impl Step {
     fn send(frame: Frame) -> Self {
         Step {
             send: vec![frame],
-            close: false,
+            close: None,
         }
     }
 
-    fn error(message: &str, detail: &str, receipt: Option<&str>) -> Self {
+    /// ERROR naming `why` (when it sends one), then close.
+    pub fn end(why: Close, receipt: Option<&str>) -> Self {
         Step {
-            send: vec![error_frame(message, detail, receipt)],
-            close: true,
+            send: error_frame(&why, receipt).into_iter().collect(),
+            close: Some(why),
         }
     }
 }
 
-/// An ERROR frame: `message` header, plain-text detail as the body.
-pub fn error_frame(message: &str, detail: &str, receipt: Option<&str>) -> Frame {
+/// The ERROR frame for an ending (`message` header, plain-text detail as
+/// the body); none for a client that left by itself.
+pub fn error_frame(why: &Close, receipt: Option<&str>) -> Option<Frame> {
+    let message = why.message()?;
     let mut f = Frame::new(Command::Error)
         .header("message", message)
         .header("content-type", "text/plain");
     if let Some(r) = receipt {
         f = f.header("receipt-id", r);
     }
-    f.with_body(detail.as_bytes().to_vec())
+    if *why == Close::UnsupportedVersion {
+        f = f.header("version", "1.0,1.1,1.2");
+    }
+    Some(f.with_body(why.detail().into_bytes()))
 }
 
 /// Where the tablet's token may come from besides the CONNECT frame.
@@ -63,6 +101,12 @@ pub struct Handshake {
     pub url_token: Option<String>,
     /// `Authorization: Bearer` on the upgrade request.
     pub header_token: Option<String>,
+    /// The browser's `Origin`, for token-less tablets (`compat.anonymous`).
+    pub origin: Option<String>,
+    /// The client's address (behind trusted proxies), for failed sign-ins.
+    pub client: Option<std::net::IpAddr>,
+    /// Counts failed sign-ins and refuses an address that fails too often.
+    pub logins: Option<Arc<crate::auth::LoginGuard>>,
 }
 
 /// Agreed heart-beat intervals, zero meaning none.
@@ -103,6 +147,8 @@ pub struct Session {
     tablet: Option<Arc<Tablet>>,
     heartbeat: Heartbeat,
     next_message: u64,
+    /// End-of-lines received before CONNECT.
+    eols_before_connect: usize,
 }
 
 impl Session {
@@ -115,6 +161,7 @@ impl Session {
             tablet: None,
             heartbeat: Heartbeat::default(),
             next_message: 0,
+            eols_before_connect: 0,
         }
     }
 
@@ -130,56 +177,45 @@ impl Session {
         self.tablet.as_ref()
     }
 
-    /// A frame the decoder could not read: ERROR naming it, then close.
-    pub fn bad_frame(&self, err: &FrameError) -> Step {
-        Step::error(err.summary(), &err.to_string(), None)
-    }
-
     pub async fn handle(&mut self, item: Item) -> Step {
         let frame = match item {
+            Item::Heartbeat if self.tablet.is_none() => {
+                self.eols_before_connect += 1;
+                if self.eols_before_connect > MAX_EOLS_BEFORE_CONNECT {
+                    return Step::end(
+                        Close::NoiseBeforeConnect {
+                            limit: MAX_EOLS_BEFORE_CONNECT,
+                        },
+                        None,
+                    );
+                }
+                return Step::default();
+            }
             Item::Heartbeat => return Step::default(),
             Item::Frame(f) => f,
         };
         let receipt = frame.get("receipt").map(str::to_string);
         let mut step = match (&self.tablet, frame.command) {
             (None, Command::Connect | Command::Stomp) => return self.connect(&frame).await,
-            (None, _) => {
-                return Step::error(
-                    "not connected",
-                    "the first frame must be CONNECT or STOMP",
-                    receipt.as_deref(),
-                )
+            (None, _) => return Step::end(Close::NotConnected, receipt.as_deref()),
+            (Some(_), Command::Connect | Command::Stomp) => {
+                Step::end(Close::AlreadyConnected, receipt.as_deref())
             }
-            (Some(_), Command::Connect | Command::Stomp) => Step::error(
-                "already connected",
-                "CONNECT was sent twice",
-                receipt.as_deref(),
-            ),
             (Some(_), Command::Subscribe) => self.subscribe(&frame),
             (Some(_), Command::Unsubscribe) => self.unsubscribe(&frame),
             (Some(_), Command::Ack) => self.ack(&frame, true).await,
             (Some(_), Command::Nack) => self.ack(&frame, false).await,
             (Some(_), Command::Disconnect) => Step {
                 send: Vec::new(),
-                close: true,
+                close: Some(Close::Disconnected),
             },
-            (Some(_), Command::Send) => Step::error(
-                "SEND is not accepted",
-                "tablets only receive; save reservations over the HTTP API",
-                receipt.as_deref(),
-            ),
-            (Some(_), Command::Begin | Command::Commit | Command::Abort) => Step::error(
-                "transactions are not supported",
-                "BEGIN, COMMIT and ABORT are not accepted",
-                receipt.as_deref(),
-            ),
-            (Some(_), other) => Step::error(
-                "unexpected command",
-                &format!("{} is a server frame", other.as_str()),
-                receipt.as_deref(),
-            ),
+            (Some(_), Command::Send) => Step::end(Close::SendRefused, receipt.as_deref()),
+            (Some(_), Command::Begin | Command::Commit | Command::Abort) => {
+                Step::end(Close::TransactionsRefused, receipt.as_deref())
+            }
+            (Some(_), other) => Step::end(Close::ServerFrame(other), receipt.as_deref()),
         };
-        let failed = step.send.iter().any(|f| f.command == Command::Error);
+        let failed = step.close.as_ref().is_some_and(|c| c.message().is_some());
         if let (Some(r), false) = (receipt, failed) {
             step.send
                 .push(Frame::new(Command::Receipt).header("receipt-id", r));
@@ -191,27 +227,34 @@ impl Session {
         let version = match frame.get("accept-version") {
             Some(list) => match list.split(',').filter_map(Version::parse).max() {
                 Some(v) => v,
-                None => {
-                    let mut f = error_frame(
-                        "unsupported version",
-                        "supported versions are 1.0, 1.1 and 1.2",
-                        None,
-                    );
-                    f.headers.push(("version".into(), "1.0,1.1,1.2".into()));
-                    return Step {
-                        send: vec![f],
-                        close: true,
-                    };
-                }
+                None => return Step::end(Close::UnsupportedVersion, None),
             },
             None => self.handshake.subprotocol.unwrap_or(Version::V1_0),
         };
         self.version = version;
 
+        let client = self
+            .handshake
+            .client
+            .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        let logins = self.handshake.logins.clone();
+        let failed = |why: &str| {
+            if let Some(g) = &logins {
+                g.failed(Surface::Stomp, client, why);
+            }
+        };
+        if let Some(Err(wait)) = logins.as_ref().map(|g| g.check(Surface::Stomp, client)) {
+            return Step::end(
+                Close::SignInsHeld {
+                    wait_secs: wait.as_secs().max(1),
+                },
+                None,
+            );
+        }
         let bearer = frame
             .get("Authorization")
             .or_else(|| frame.get("authorization"))
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         let token = frame
             .get("passcode")
             .filter(|p| !p.is_empty())
@@ -221,16 +264,21 @@ impl Session {
             .map(str::trim)
             .map(str::to_string);
         let Some(token) = token else {
-            return Step::error("unauthorized", "a tablet token is required", None);
+            let step = self.connect_anonymous(frame, version);
+            if self.tablet.is_none() {
+                failed("no tablet token");
+            }
+            return step;
         };
         let info = match self.hub.db().token_verify(&token).await {
             Ok(Some(info)) => info,
             Ok(None) => {
-                return Step::error("unauthorized", "unknown or revoked tablet token", None);
+                failed("unknown or revoked token");
+                return Step::end(Close::BadToken, None);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "token check failed");
-                return Step::error("unavailable", "try again shortly", None);
+                return Step::end(Close::Unavailable, None);
             }
         };
         self.heartbeat =
@@ -238,21 +286,46 @@ impl Session {
         let tablet = self.hub.register(&info.store, &info.id);
         tracing::info!(store = %info.store, token = %info.id, session = %self.id, version = version.as_str(), "tablet connected");
         self.tablet = Some(tablet);
-        Step::send(
-            Frame::new(Command::Connected)
-                .header("version", version.as_str())
-                .header(
-                    "heart-beat",
-                    format!(
-                        "{},{}",
-                        self.heartbeat.send_every.as_millis(),
-                        self.heartbeat.expect_every.as_millis()
-                    ),
-                )
-                .header("session", self.id.clone())
-                .header("server", format!("bizcall/{}", env!("CARGO_PKG_VERSION")))
-                .header("user-name", info.store),
-        )
+        Step::send(self.connected(version, &info.store))
+    }
+
+    /// A CONNECT without credentials: accepted only with `compat.anonymous`
+    /// from a browser on `stomp.allowed_origins`.
+    fn connect_anonymous(&mut self, frame: &Frame, version: Version) -> Step {
+        let config = self.hub.config();
+        if !config.compat.anonymous {
+            return Step::end(Close::NoToken, None);
+        }
+        let listed = self
+            .handshake
+            .origin
+            .as_deref()
+            .is_some_and(|o| config.stomp.origin_listed(o));
+        if !listed {
+            tracing::warn!(origin = ?self.handshake.origin, "token-less CONNECT from an origin not in stomp.allowed_origins");
+            return Step::end(Close::OriginNotListed, None);
+        }
+        self.heartbeat = negotiate_heartbeat(frame.get("heart-beat"), config.stomp.heartbeat);
+        let tablet = self.hub.register_anonymous();
+        tracing::info!(origin = ?self.handshake.origin, session = %self.id, version = version.as_str(), "anonymous tablet connected");
+        self.tablet = Some(tablet);
+        Step::send(self.connected(version, ANONYMOUS))
+    }
+
+    fn connected(&self, version: Version, user: &str) -> Frame {
+        Frame::new(Command::Connected)
+            .header("version", version.as_str())
+            .header(
+                "heart-beat",
+                format!(
+                    "{},{}",
+                    self.heartbeat.send_every.as_millis(),
+                    self.heartbeat.expect_every.as_millis()
+                ),
+            )
+            .header("session", self.id.clone())
+            .header("server", format!("bizcall/{}", env!("CARGO_PKG_VERSION")))
+            .header("user-name", user)
     }
 
     fn subscribe(&mut self, frame: &Frame) -> Step {
@@ -261,53 +334,67 @@ impl Session {
         };
         let receipt = frame.get("receipt");
         let destination = frame.get("destination").unwrap_or("");
-        let own = format!("{DESTINATION_PREFIX}{}", tablet.store);
-        if destination != own {
-            tracing::warn!(store = %tablet.store, destination, "tablet asked for another destination");
-            return Step::error(
-                "forbidden destination",
-                &format!("this tablet may subscribe to {own} only"),
-                receipt,
-            );
-        }
-        let Some(id) = frame.get("id").filter(|i| !i.is_empty()) else {
-            if self.version == Version::V1_0 {
-                // 1.0 made the id optional: one subscription per destination.
-                return self.add_subscription(destination.to_string(), frame);
-            }
-            return Step::error("missing id", "SUBSCRIBE needs an id header", receipt);
+        let parsed = parse_destination(destination);
+        let allowed = match parsed {
+            // Anonymous tablets follow any store, as the Spring service let
+            // them, but only in its shape: the new destination needs a token.
+            Some((_, legacy)) if tablet.anonymous => legacy,
+            Some((store, _)) => store == tablet.store,
+            None => false,
         };
-        self.add_subscription(id.to_string(), frame)
+        let Some((store, legacy)) = parsed.filter(|_| allowed) else {
+            tracing::warn!(store = %tablet.store, destination, "tablet asked for another destination");
+            let detail = if tablet.anonymous {
+                format!("a tablet without a token may subscribe to {LEGACY_PREFIX}<store> only")
+            } else {
+                format!(
+                    "this tablet may subscribe to {DESTINATION_PREFIX}{0} or {LEGACY_PREFIX}{0} only",
+                    tablet.store
+                )
+            };
+            return Step::end(Close::ForbiddenDestination { detail }, receipt);
+        };
+        let id = match frame.get("id").filter(|i| !i.is_empty()) {
+            Some(id) => id.to_string(),
+            // 1.0 made the id optional: one subscription per destination.
+            None if self.version == Version::V1_0 => destination.to_string(),
+            None => return Step::end(Close::SubscribeWithoutId, receipt),
+        };
+        let store = store.to_string();
+        self.add_subscription(id, store, legacy, frame)
     }
 
-    fn add_subscription(&mut self, id: String, frame: &Frame) -> Step {
-        let Some(tablet) = &self.tablet else {
+    fn add_subscription(&mut self, id: String, store: String, legacy: bool, frame: &Frame) -> Step {
+        let Some(tablet) = self.tablet.clone() else {
             return Step::default();
         };
         let receipt = frame.get("receipt");
         let Some(kind) = AckKind::parse(frame.get("ack").unwrap_or("auto")) else {
-            return Step::error(
-                "bad ack mode",
-                "ack must be auto, client or client-individual",
-                receipt,
-            );
+            return Step::end(Close::BadAckMode, receipt);
         };
         let mut subs = tablet.subscriptions();
         if subs.contains_key(&id) {
-            return Step::error(
-                "duplicate subscription",
-                &format!("id {id} is in use"),
+            return Step::end(Close::DuplicateSubscription { id }, receipt);
+        }
+        if subs.len() >= MAX_SUBSCRIPTIONS {
+            return Step::end(
+                Close::TooManySubscriptions {
+                    limit: MAX_SUBSCRIPTIONS,
+                },
                 receipt,
             );
         }
-        if subs.len() >= 16 {
-            return Step::error(
-                "too many subscriptions",
-                "at most 16 per connection",
-                receipt,
-            );
+        if tablet.anonymous {
+            self.hub.join(&tablet, &store);
         }
-        subs.insert(id, kind);
+        subs.insert(
+            id,
+            Subscription {
+                ack: kind,
+                store,
+                legacy,
+            },
+        );
         Step::default()
     }
 
@@ -317,9 +404,8 @@ impl Session {
         };
         let id = frame.get("id").or(frame.get("destination")).unwrap_or("");
         if tablet.subscriptions().remove(id).is_none() {
-            return Step::error(
-                "unknown subscription",
-                &format!("no subscription {id:?}"),
+            return Step::end(
+                Close::UnknownSubscription { id: id.to_string() },
                 frame.get("receipt"),
             );
         }
@@ -332,29 +418,28 @@ impl Session {
             return Step::default();
         };
         let Some(ack_id) = frame.get("id").or(frame.get("message-id")) else {
-            return Step::error(
-                "missing id",
-                "ACK and NACK need an id header",
-                frame.get("receipt"),
-            );
+            return Step::end(Close::AckWithoutId, frame.get("receipt"));
         };
-        let calls = {
-            let kinds = tablet.subscriptions().clone();
-            tablet.ack_book().settle(ack_id, &kinds)
+        let settled = {
+            let subs = tablet.subscriptions().clone();
+            tablet
+                .ack_book()
+                .settle(ack_id, &subs)
+                .and_then(|(sub, calls)| Some((subs.get(&sub)?.store.clone(), calls)))
         };
-        if !positive {
+        let Some((store, calls)) = settled.filter(|_| positive) else {
             return Step::default();
-        }
+        };
+        let by = if tablet.anonymous {
+            ANONYMOUS
+        } else {
+            tablet.token_id.as_str()
+        };
         for call in calls {
             m::popup_acked();
-            match self
-                .hub
-                .db()
-                .acknowledge_call(&call, &tablet.store, &tablet.token_id)
-                .await
-            {
+            match self.hub.db().acknowledge_call(&call, &store, by).await {
                 Ok(true) => {
-                    tracing::info!(call = %call, store = %tablet.store, token = %tablet.token_id, "popup acknowledged")
+                    tracing::info!(call = %call, store = %store, token = %by, "popup acknowledged")
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -378,23 +463,29 @@ impl Session {
             m::popup_expired();
             return Vec::new();
         }
-        let destination = format!("{DESTINATION_PREFIX}{}", tablet.store);
-        let body = &event.json;
-        let subs: Vec<(String, AckKind)> = tablet
+        let subs: Vec<(String, Subscription)> = tablet
             .subscriptions()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .filter(|(_, s)| s.store == event.store)
+            // The Spring service's tablets know only call popups.
+            .filter(|(_, s)| !s.legacy || event.kind == EventKind::Call)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut frames = Vec::with_capacity(subs.len());
-        for (sub, kind) in subs {
+        for (sub, Subscription { ack, store, legacy }) in subs {
             self.next_message += 1;
             let message_id = format!("{}-{}", event.call_id, self.next_message);
+            let (prefix, body) = if legacy {
+                (LEGACY_PREFIX, event.legacy_json())
+            } else {
+                (DESTINATION_PREFIX, event.json.as_str())
+            };
             let mut f = Frame::new(Command::Message)
-                .header("destination", destination.clone())
+                .header("destination", format!("{prefix}{store}"))
                 .header("subscription", sub.clone())
                 .header("message-id", message_id.clone())
                 .header("content-type", "application/json");
-            if kind != AckKind::Auto {
+            if ack != AckKind::Auto {
                 if self.version == Version::V1_2 {
                     f = f.header("ack", message_id.clone());
                 }
@@ -402,18 +493,13 @@ impl Session {
                     .ack_book()
                     .record(&sub, message_id, event.call_id.clone());
             }
-            frames.push(f.with_body(body.clone().into_bytes()));
+            frames.push(f.with_body(body.as_bytes().to_vec()));
         }
         let latency = (now - event.published_at).to_std().unwrap_or_default();
         for _ in &frames {
             m::popup_sent(latency);
         }
         frames
-    }
-
-    /// The ERROR frame for a server-side close.
-    pub fn closing(&self, reason: &CloseReason) -> Frame {
-        error_frame(reason.message(), reason.detail(), None)
     }
 
     /// Leaves the hub (the connection has ended).

@@ -3,6 +3,8 @@
 //! sockets, and `bizcall` processes.
 #![allow(dead_code)]
 
+pub mod nginx;
+pub mod relay;
 pub mod stomp;
 
 use std::net::SocketAddr;
@@ -21,6 +23,14 @@ pub fn pg_admin_url() -> String {
 pub fn amqp_url() -> String {
     std::env::var("BIZCALL_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -114,6 +124,40 @@ pub async fn start(config: Config) -> Server {
 
 pub fn base(addr: SocketAddr) -> String {
     format!("http://{addr}")
+}
+
+/// One in-process server on a SQLite database of its own, for the tests of a
+/// single instance (STOMP, SockJS, the Spring compatibility).
+pub struct Single {
+    pub db: TestDb,
+    pub server: Server,
+}
+
+impl Single {
+    pub async fn new(tweak: impl FnOnce(&mut Config)) -> Single {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let mut config = config_for(db.url());
+        tweak(&mut config);
+        let server = start(config).await;
+        Single { db, server }
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}/ws", self.server.addr)
+    }
+
+    pub fn base(&self) -> String {
+        base(self.server.addr)
+    }
+
+    /// Registers a store with one number and returns a tablet token.
+    pub async fn store(&self, slug: &str, number: &str) -> String {
+        let db = &self.server.app.db;
+        db.store_add(slug, slug, &[number.to_string()])
+            .await
+            .unwrap();
+        db.token_issue(slug, "test").await.unwrap().1
+    }
 }
 
 pub fn http() -> reqwest::Client {
@@ -393,6 +437,27 @@ pub async fn metric(base: &str, name: &str) -> f64 {
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A counter from an instance's `/metrics` whose labels include `label`
+/// (e.g. `result="conflict"`), summed.
+pub async fn metric_labelled(base: &str, name: &str, label: &str) -> f64 {
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .is_some_and(|rest| rest.split('}').next().unwrap_or("").contains(label))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -106,11 +106,48 @@ impl Client {
         }
     }
 
-    pub async fn send_raw(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.into()))
+    /// A client on a WebSocket opened by the caller (from a chosen source
+    /// address, say).
+    pub fn from_socket(ws: Socket) -> Client {
+        Client {
+            ws,
+            pending: String::new(),
+            beats: 0,
+            protocol: None,
+        }
+    }
+
+    /// Opens a WebSocket with extra request headers (`Origin`, …).
+    pub async fn open_with(url: &str, headers: &[(&str, &str)]) -> Client {
+        let mut req = url.into_client_request().expect("request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
-            .expect("send");
+            .expect("websocket");
+        Client {
+            ws,
+            pending: String::new(),
+            beats: 0,
+            protocol: None,
+        }
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.try_send_raw(text).await.expect("send");
+    }
+
+    /// Sends, and leaves a failed write to the caller: a server may refuse a
+    /// long message and close before the client has finished writing it.
+    pub async fn try_send_raw(
+        &mut self,
+        text: &str,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::Text(text.into())).await
     }
 
     pub async fn send_bytes(&mut self, bytes: Vec<u8>) {

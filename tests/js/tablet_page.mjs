@@ -18,6 +18,11 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   page.on("pageerror", (e) => console.log("PAGEERROR " + e.message));
+  // Anything the page's Content-Security-Policy blocks fails the test.
+  const blocked = [];
+  page.on("console", (m) => {
+    if (/Content Security Policy/i.test(m.text())) blocked.push(m.text());
+  });
   await page.goto(base + "/tablet");
   step("loaded");
   await page.fill("#token", token);
@@ -59,6 +64,7 @@ try {
 
   await page.setViewportSize({ width: 800, height: 1280 });
   await page.screenshot({ path: artifacts + "/tablet-portrait.png", fullPage: true });
+  if (blocked.length) throw new Error("blocked by CSP: " + blocked.join(" | "));
   console.log("DONE " + seq);
 } finally {
   await browser.close();

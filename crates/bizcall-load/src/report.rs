@@ -1,7 +1,9 @@
 //! Latency histograms, the summary table, the JSON results and the SVG plot.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -177,4 +179,46 @@ pub fn svg(series: &[Series], path: &Path) -> std::io::Result<()> {
     }
     out.push_str("</svg>\n");
     std::fs::write(path, out)
+}
+
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+pub(crate) fn write_json(
+    out: &Option<PathBuf>,
+    name: &str,
+    value: &serde_json::Value,
+) -> anyhow::Result<()> {
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Quantile samples, so `plot` can draw several runs together later.
+pub(crate) fn histogram_text(h: &hdrhistogram::Histogram<u64>) -> String {
+    (0..=400)
+        .map(|i| {
+            let q = 1.0 - 10f64.powf(-(i as f64) / 100.0);
+            format!(
+                "{q} {}\n",
+                if h.is_empty() {
+                    0
+                } else {
+                    h.value_at_quantile(q)
+                }
+            )
+        })
+        .collect()
 }

@@ -1,0 +1,71 @@
+//! The tablet page with its script and style, and what a browser asks for
+//! around it: `/` leads to it, and the icon (docs/http-api.md, "Pages").
+
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+const TABLET_PAGE: &str = include_str!("../../web/tablet.html");
+const TABLET_SCRIPT: &str = include_str!("../../web/tablet.js");
+const TABLET_STYLE: &str = include_str!("../../web/tablet.css");
+
+/// The tablet page's policy: its own script and style files only (nothing
+/// inline, so an injected `<script>` cannot run), requests to this server
+/// only, and never inside another site's frame.
+pub const TABLET_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; media-src 'self' data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+const FAVICON: &str = include_str!("../../web/favicon.svg");
+
+/// `/`: a person who opens the instance's address lands on the tablet page.
+pub async fn root() -> Redirect {
+    Redirect::to("/tablet")
+}
+
+/// `/favicon.ico` (browsers ask for it on their own): an SVG icon, which
+/// browsers take by its content type whatever the path says.
+pub async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
+    )
+}
+
+/// `GET /tablet`: the page, self-contained (no network beyond this server).
+pub async fn tablet_page() -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, TABLET_CSP),
+        ],
+        Html(TABLET_PAGE),
+    )
+        .into_response()
+}
+
+/// `GET /tablet.js`: the page's script.
+pub async fn tablet_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        TABLET_SCRIPT,
+    )
+        .into_response()
+}
+
+/// `GET /tablet.css`: the page's style.
+pub async fn tablet_style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        TABLET_STYLE,
+    )
+        .into_response()
+}

@@ -1,0 +1,103 @@
+//! The CDR use case, whatever carries the CDR in: store it, hand what
+//! changed to the bus, and record that it got there. The webhook turns the
+//! outcome into an HTTP answer; tests and tools call it directly.
+
+use crate::call::mask_number;
+use crate::cdr::Cdr;
+use crate::db::{CallRow, Conflict, DbError, Upsert};
+use crate::metrics as m;
+use crate::server::App;
+
+/// What accepting one CDR did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A new call or an update, handed to the bus (a failed publish is kept
+    /// and retried by the bus; the row stays pending).
+    Stored(CallRow),
+    /// Stored, but no store registered its `vn` or `ton`: no popup.
+    Unmatched(CallRow),
+    /// Nothing changed: the same CDR again, or an update that would move the
+    /// status backwards. A repeat of a change that never reached the bus
+    /// (its instance died first) publishes it again.
+    Repeat,
+    /// The `seq` is stored with another identity; nothing changed.
+    Conflict(Conflict),
+    /// Not stored: the database did not answer. Nothing is half-written.
+    Unavailable(DbError),
+}
+
+/// Stores `cdr` and publishes what changed.
+pub async fn accept(app: &App, cdr: &Cdr) -> Outcome {
+    let row = match app.db.upsert_call(cdr).await {
+        Ok(Upsert::Changed(row)) => row,
+        Ok(Upsert::Unchanged) => {
+            republish_if_unpublished(app, cdr).await;
+            return Outcome::Repeat;
+        }
+        Ok(Upsert::Conflict(conflict)) => {
+            tracing::warn!(
+                seq = %cdr.seq,
+                field = conflict.field,
+                caller = %mask_number(&cdr.caller),
+                vn = %cdr.virtual_number.as_deref().map(mask_number).unwrap_or_default(),
+                ton = %mask_number(&cdr.destination),
+                "CDR repeat disagrees with the call's first CDR: nothing changed"
+            );
+            return Outcome::Conflict(conflict);
+        }
+        Err(e) => {
+            tracing::error!(seq = %cdr.seq, error = %e, "CDR not stored: database unavailable");
+            return Outcome::Unavailable(e);
+        }
+    };
+    m::call_stored(row.status().as_str());
+    if row.store.is_empty() {
+        m::call_unmatched();
+        tracing::warn!(
+            seq = %cdr.seq,
+            caller = %mask_number(&cdr.caller),
+            vn = %cdr.virtual_number.as_deref().map(mask_number).unwrap_or_default(),
+            ton = %mask_number(&cdr.destination),
+            "CDR matches no store: stored without a popup"
+        );
+        return Outcome::Unmatched(row);
+    }
+    tracing::info!(
+        seq = %cdr.seq,
+        store = %row.store,
+        status = %row.status(),
+        caller = %mask_number(&cdr.caller),
+        "CDR stored"
+    );
+    publish(app, &row).await;
+    Outcome::Stored(row)
+}
+
+/// A repeat publishes nothing, unless the change it repeats was never
+/// handed to the bus: then it is published now, while still inside its TTL.
+async fn republish_if_unpublished(app: &App, cdr: &Cdr) {
+    let ttl = app.config.bus.ttl();
+    match app.db.unpublished(&cdr.seq, chrono::Utc::now() - ttl).await {
+        Ok(Some(row)) => {
+            tracing::info!(seq = %cdr.seq, "CDR repeat of an unpublished change: publishing it");
+            publish(app, &row).await;
+        }
+        Ok(None) => tracing::debug!(seq = %cdr.seq, "CDR repeat: nothing changed"),
+        Err(e) => {
+            tracing::warn!(seq = %cdr.seq, error = %e, "could not check a repeat for an unpublished change")
+        }
+    }
+}
+
+/// Publishes a stored change and records that it reached the bus.
+async fn publish(app: &App, row: &CallRow) {
+    let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
+    match app.bus.publish(&event).await {
+        Ok(()) => {
+            if let Err(e) = app.marks.mark(&row.seq, row.updated_at).await {
+                tracing::warn!(seq = %row.seq, error = %e, "could not mark a call event published");
+            }
+        }
+        Err(e) => tracing::warn!(seq = %row.seq, error = %e, "call event not published yet"),
+    }
+}
