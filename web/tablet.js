@@ -188,8 +188,9 @@
     return body;
   }
 
-  function kstDay() {
-    return new Date(Date.now() + 9 * 3600e3).toISOString().slice(0, 10);
+  // A Korea-time date, `days` after today.
+  function kstDay(days) {
+    return new Date(Date.now() + 9 * 3600e3 + (days || 0) * 86400e3).toISOString().slice(0, 10);
   }
 
   async function refresh() {
@@ -201,13 +202,17 @@
         state.calls.set(c.callId, Object.assign({}, c, known && known.ackId ? { ackId: known.ackId } : {}));
       }
       renderCalls();
-      const res = await api("/reservations?date=" + kstDay());
+      // Today's and tomorrow's: a booking made late in the evening is
+      // usually for the next morning.
+      const res = (await api("/reservations?date=" + kstDay(0)))
+        .concat(await api("/reservations?date=" + kstDay(1)));
       const ul = $("reservations");
       ul.replaceChildren(...res.map((r) => {
         const li = document.createElement("li");
         const a = document.createElement("span"); a.className = "num"; a.textContent = fmtNumber(r.customerNumber);
         const b = document.createElement("span"); b.className = "muted";
-        b.textContent = fmtTime(r.reservedAt) + " " + [r.service, r.carModel, r.carNumber].filter(Boolean).join(" · ");
+        const day = r.reservedAt.slice(0, 10) === kstDay(0) ? "" : "tomorrow ";
+        b.textContent = day + fmtTime(r.reservedAt) + " " + [r.service, r.carModel, r.carNumber].filter(Boolean).join(" · ");
         li.append(a, b);
         return li;
       }));

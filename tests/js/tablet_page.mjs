@@ -57,9 +57,16 @@ try {
   if (prefilled !== "01043218765") throw new Error("form prefilled with " + prefilled);
   await page.fill("#reservation input[name=carNumber]", "12가3456");
   await page.fill("#reservation input[name=service]", "full wash");
+  // Booked for tomorrow morning, as a call late in the evening would be:
+  // it must still be listed (at any hour the test runs).
+  const tomorrow = new Date(Date.now() + 9 * 3600e3 + 86400e3).toISOString().slice(0, 10);
+  await page.fill("#reservation input[name=reservedAt]", tomorrow + "T09:30");
   await page.click("#reservation button[type=submit]");
-  await page.waitForFunction(() => /Saved reservation/.test(document.querySelector("#message").textContent), null, { timeout: 15000 });
+  await page.waitForFunction(() => /Saved reservation/.test(document.querySelector("#message").textContent), null, { timeout: 15000 })
+    .catch(async (e) => { throw new Error("not saved: " + await page.textContent("#message") + " (" + e.message + ")"); });
   await page.waitForFunction(() => document.querySelectorAll("#reservations li").length >= 1, null, { timeout: 15000 });
+  const listed = await page.textContent("#reservations");
+  if (!/tomorrow 09:30/.test(listed) || !/full wash/.test(listed)) throw new Error("reservations list: " + listed);
   step("reservation saved");
 
   await page.setViewportSize({ width: 800, height: 1280 });
