@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -94,10 +95,14 @@ pub struct CallEvent {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The `type` of what goes over the bus and to tablets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
+    /// A call's popup (`CallEvent`).
     Call,
+    /// A tablet took a call (`HandledEvent`).
+    Handled,
 }
 
 impl CallEvent {
@@ -141,6 +146,9 @@ impl CallEvent {
     /// Parses and checks a bus payload; anything else is a poison message.
     pub fn from_json(bytes: &[u8]) -> Result<Self, NotAnEvent> {
         let ev: CallEvent = serde_json::from_slice(bytes)?;
+        if ev.kind != EventKind::Call {
+            return Err(NotAnEvent::WrongType);
+        }
         if ev.call_id.is_empty() || ev.store.is_empty() {
             return Err(NotAnEvent::Unaddressed);
         }
@@ -161,6 +169,127 @@ pub enum NotAnEvent {
     Unaddressed,
     #[error("not a call event: expiresAt before publishedAt")]
     ExpiresBeforePublished,
+    #[error("not a call event: wrong type")]
+    WrongType,
+}
+
+/// A tablet took a call (docs/call-event.md, "When a call is handled"):
+/// the other tablets of its store close that popup. Its expiry is not in
+/// the JSON: it is `at` plus `bus.message_ttl`, as a call event's is its
+/// `publishedAt` plus the TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HandledEvent {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub call_id: String,
+    pub store: String,
+    /// The label of the acknowledging tablet's token.
+    pub by: String,
+    /// When it was acknowledged: Korea time, milliseconds.
+    #[serde(with = "kst_millis")]
+    pub at: DateTime<Utc>,
+    /// `at` plus the TTL; set by whoever makes or reads the event.
+    #[serde(skip)]
+    pub expires_at: DateTime<Utc>,
+}
+
+impl HandledEvent {
+    pub fn new(call_id: &str, store: &str, by: &str, at: DateTime<Utc>, ttl: Duration) -> Self {
+        // Whole milliseconds, as the JSON carries them: a copy read back
+        // from the bus expires at the same instant.
+        let at = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at);
+        HandledEvent {
+            kind: EventKind::Handled,
+            call_id: call_id.to_string(),
+            store: store.to_string(),
+            by: by.to_string(),
+            at,
+            expires_at: at + crate::config::to_chrono(ttl),
+        }
+    }
+
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at
+    }
+
+    pub fn time_left(&self, now: DateTime<Utc>) -> std::time::Duration {
+        (self.expires_at - now).to_std().unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a bus payload; `ttl` gives its expiry.
+    pub fn from_json(bytes: &[u8], ttl: Duration) -> Result<Self, NotAnEvent> {
+        let mut ev: HandledEvent = serde_json::from_slice(bytes)?;
+        if ev.kind != EventKind::Handled {
+            return Err(NotAnEvent::WrongType);
+        }
+        if ev.call_id.is_empty() || ev.store.is_empty() {
+            return Err(NotAnEvent::Unaddressed);
+        }
+        ev.expires_at = ev.at + crate::config::to_chrono(ttl);
+        Ok(ev)
+    }
+}
+
+/// Anything the bus carries: a call event or a handled event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusEvent {
+    Call(CallEvent),
+    Handled(HandledEvent),
+}
+
+impl BusEvent {
+    pub fn call_id(&self) -> &str {
+        match self {
+            BusEvent::Call(e) => &e.call_id,
+            BusEvent::Handled(e) => &e.call_id,
+        }
+    }
+
+    /// When it was published (a handled event: when the call was taken).
+    pub fn published_at(&self) -> DateTime<Utc> {
+        match self {
+            BusEvent::Call(e) => e.published_at,
+            BusEvent::Handled(e) => e.at,
+        }
+    }
+
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        match self {
+            BusEvent::Call(e) => e.expires_at,
+            BusEvent::Handled(e) => e.expires_at,
+        }
+    }
+
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at()
+    }
+
+    pub fn time_left(&self, now: DateTime<Utc>) -> std::time::Duration {
+        (self.expires_at() - now).to_std().unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            BusEvent::Call(e) => e.to_json(),
+            BusEvent::Handled(e) => e.to_json(),
+        }
+    }
+
+    /// A call event, else a handled event (expiring `ttl` after `at`);
+    /// anything else is poison, reported as not being a call event.
+    pub fn from_json(bytes: &[u8], ttl: Duration) -> Result<Self, NotAnEvent> {
+        match CallEvent::from_json(bytes) {
+            Ok(e) => Ok(BusEvent::Call(e)),
+            Err(call_error) => HandledEvent::from_json(bytes, ttl)
+                .map(BusEvent::Handled)
+                .map_err(|_| call_error),
+        }
+    }
 }
 
 /// Korea Standard Time, the provider's clock (UTC+9, no daylight saving).
@@ -183,6 +312,24 @@ mod kst {
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&to_kst_string(*t))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod kst_millis {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        let text = t
+            .with_timezone(&kst_offset())
+            .to_rfc3339_opts(SecondsFormat::Millis, false);
+        s.serialize_str(&text)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(d)?;
@@ -296,6 +443,51 @@ mod tests {
         assert!(CallEvent::from_json(b"{}").is_err());
         assert!(CallEvent::from_json(b"\xff\x00").is_err());
         assert!(CallEvent::from_json(b"{\"type\":\"call\"}").is_err());
+    }
+
+    #[test]
+    fn handled_event_has_the_spec_shape_and_round_trips() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 1, 15, 4).unwrap()
+            + chrono::Duration::milliseconds(250);
+        let ttl = Duration::from_secs(30);
+        let ev = HandledEvent::new("abc", "gangnam", "front desk", at, ttl);
+        let json: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys.len(), 5, "{json}");
+        assert_eq!(json["type"], "handled");
+        assert_eq!(json["callId"], "abc");
+        assert_eq!(json["store"], "gangnam");
+        assert_eq!(json["by"], "front desk");
+        assert_eq!(json["at"], "2026-11-22T10:15:04.250+09:00");
+        let back = BusEvent::from_json(ev.to_json().as_bytes(), ttl).unwrap();
+        assert_eq!(back, BusEvent::Handled(ev.clone()));
+        assert_eq!(back.expires_at(), at + chrono::Duration::seconds(30));
+        // A handled body is not a call event, and a call is read as a call.
+        assert!(CallEvent::from_json(ev.to_json().as_bytes()).is_err());
+        let call = sample();
+        assert_eq!(
+            BusEvent::from_json(call.to_json().as_bytes(), ttl).unwrap(),
+            BusEvent::Call(call.clone())
+        );
+        // A call body that says it is handled, and a handled one missing
+        // its store or carrying an extra field, are poison.
+        let mut v: serde_json::Value = serde_json::from_str(&call.to_json()).unwrap();
+        v["type"] = "handled".into();
+        assert!(BusEvent::from_json(v.to_string().as_bytes(), ttl).is_err());
+        let mut h = json.clone();
+        h["store"] = "".into();
+        assert!(BusEvent::from_json(h.to_string().as_bytes(), ttl).is_err());
+        let mut h = json.clone();
+        h["expiresAt"] = "2026-11-22T01:15:30.123Z".into();
+        assert!(BusEvent::from_json(h.to_string().as_bytes(), ttl).is_err());
+        let mut h = json;
+        h["at"] = "yesterday".into();
+        assert!(BusEvent::from_json(h.to_string().as_bytes(), ttl).is_err());
     }
 
     #[test]

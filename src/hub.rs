@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, oneshot, Notify};
 
 use crate::bus::{EventHandler, HandleError, Handled};
-use crate::call::CallEvent;
+use crate::call::{CallEvent, EventKind, HandledEvent};
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics as m;
@@ -105,36 +105,93 @@ impl AckBook {
     }
 }
 
-/// A call event as tablets receive it: the JSON body is written once per
-/// event, not once per tablet. Reads as the event it carries.
+/// An event as tablets receive it: the JSON body is written once per
+/// event, not once per tablet.
 #[derive(Debug)]
 pub struct Prepared {
-    event: CallEvent,
+    event: Payload,
     pub json: String,
     /// The legacy destination's body, written when first asked for.
     legacy: std::sync::OnceLock<String>,
+}
+
+#[derive(Debug)]
+enum Payload {
+    Call(CallEvent),
+    Handled(HandledEvent),
 }
 
 impl Prepared {
     pub fn new(event: CallEvent) -> Self {
         let json = event.to_json();
         Prepared {
-            event,
+            event: Payload::Call(event),
             json,
             legacy: std::sync::OnceLock::new(),
         }
     }
 
-    /// The body on `/ws/v1/topic/call-store/<slug>`.
-    pub fn legacy_json(&self) -> &str {
-        self.legacy.get_or_init(|| self.event.to_legacy_json())
+    pub fn handled(event: HandledEvent) -> Self {
+        let json = event.to_json();
+        Prepared {
+            event: Payload::Handled(event),
+            json,
+            legacy: std::sync::OnceLock::new(),
+        }
     }
-}
 
-impl std::ops::Deref for Prepared {
-    type Target = CallEvent;
-    fn deref(&self) -> &CallEvent {
-        &self.event
+    /// The call event, when this is one.
+    pub fn call(&self) -> Option<&CallEvent> {
+        match &self.event {
+            Payload::Call(e) => Some(e),
+            Payload::Handled(_) => None,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match &self.event {
+            Payload::Call(_) => EventKind::Call,
+            Payload::Handled(_) => EventKind::Handled,
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        match &self.event {
+            Payload::Call(e) => &e.call_id,
+            Payload::Handled(e) => &e.call_id,
+        }
+    }
+
+    pub fn store(&self) -> &str {
+        match &self.event {
+            Payload::Call(e) => &e.store,
+            Payload::Handled(e) => &e.store,
+        }
+    }
+
+    pub fn published_at(&self) -> DateTime<Utc> {
+        match &self.event {
+            Payload::Call(e) => e.published_at,
+            Payload::Handled(e) => e.at,
+        }
+    }
+
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        match &self.event {
+            Payload::Call(e) => e.is_live(now),
+            Payload::Handled(e) => e.is_live(now),
+        }
+    }
+
+    /// The body on `/ws/v1/topic/call-store/<slug>`: call popups only.
+    pub fn legacy_json(&self) -> Option<&str> {
+        let call = self.call()?;
+        Some(self.legacy.get_or_init(|| call.to_legacy_json()))
+    }
+
+    /// Status rank of a call event (a handled event ranks above all).
+    fn rank(&self) -> i32 {
+        self.call().map_or(i32::MAX, |e| e.status.rank())
     }
 }
 
@@ -166,6 +223,9 @@ pub struct Tablet {
     /// Wakes the connection task when something is queued.
     pub wake: Notify,
     capacity: usize,
+    /// Calls this tablet acknowledged first (the newest few): it is not
+    /// told that it took them itself.
+    took: Mutex<VecDeque<String>>,
 }
 
 impl Tablet {
@@ -188,8 +248,9 @@ impl Tablet {
         if out.closing.is_some() {
             return;
         }
-        if let Some(slot) = out.popups.iter_mut().find(|p| p.call_id == event.call_id) {
-            if event.status.rank() >= slot.status.rank() {
+        let same = |p: &Arc<Prepared>| p.call_id() == event.call_id() && p.kind() == event.kind();
+        if let Some(slot) = out.popups.iter_mut().find(|p| same(p)) {
+            if event.rank() >= slot.rank() {
                 *slot = event;
             }
         } else if out.popups.len() >= self.capacity {
@@ -229,7 +290,24 @@ impl Tablet {
     fn subscribed(&self) -> bool {
         !self.subscriptions().is_empty()
     }
+
+    /// Remembers that this tablet took `call_id`.
+    pub fn took(&self, call_id: &str) {
+        let mut took = self.took.lock().unwrap_or_else(|p| p.into_inner());
+        if took.len() >= TOOK_LIMIT {
+            took.pop_front();
+        }
+        took.push_back(call_id.to_string());
+    }
+
+    fn has_taken(&self, call_id: &str) -> bool {
+        let took = self.took.lock().unwrap_or_else(|p| p.into_inner());
+        took.iter().any(|c| c == call_id)
+    }
 }
+
+/// Calls a tablet remembers having taken: far more than it can show at once.
+const TOOK_LIMIT: usize = 64;
 
 /// The newest event seen per call: later duplicates (the same status and
 /// times, however often published) and stale updates are dropped, so a
@@ -279,6 +357,8 @@ pub struct Hub {
     anonymous: AtomicU64,
     next_id: AtomicU64,
     seen: Mutex<SeenCalls>,
+    /// Calls whose handled event went out here, until a TTL past expiry.
+    handled: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Calls whose bus message waits for a tablet's ACK (ack mode manual).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Every event this instance receives, for observers (tests, tools).
@@ -296,6 +376,7 @@ impl Hub {
             anonymous: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             seen: Mutex::new(SeenCalls::default()),
+            handled: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             watchers,
         }
@@ -326,6 +407,7 @@ impl Hub {
             outbound: Mutex::new(Outbound::default()),
             wake: Notify::new(),
             capacity: self.config.stomp.outbound_queue,
+            took: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -476,6 +558,23 @@ impl Hub {
         }
     }
 
+    /// Whether this is the first handled event of its call seen here (an
+    /// outbox republish can bring a second copy).
+    fn first_handled(&self, event: &HandledEvent, now: DateTime<Utc>) -> bool {
+        let ttl = self.config.bus.ttl();
+        let mut handled = self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        if handled.len() > 10_000 {
+            handled.retain(|_, expires| *expires + ttl > now);
+        }
+        match handled.get(&event.call_id) {
+            Some(expires) if *expires + ttl > now => false,
+            _ => {
+                handled.insert(event.call_id.clone(), event.expires_at);
+                true
+            }
+        }
+    }
+
     /// Whether the event is new: not a duplicate and not older than what
     /// was already shown for its call.
     fn fresh(&self, event: &CallEvent, now: DateTime<Utc>) -> bool {
@@ -548,7 +647,10 @@ impl EventHandler for Hub {
                 senders.retain(|s| !s.is_closed());
                 !senders.is_empty()
             });
-            waiting.entry(event.call_id.clone()).or_default().push(tx);
+            waiting
+                .entry(event.call_id().to_string())
+                .or_default()
+                .push(tx);
             Handled::AwaitingAck(rx)
         } else {
             Handled::Done
@@ -557,6 +659,38 @@ impl EventHandler for Hub {
             t.offer(event.clone());
         }
         Ok(handled)
+    }
+
+    /// A tablet took a call: every other subscribed tablet of its store
+    /// here gets the handled event (once per call; the legacy destination
+    /// filters it out when writing).
+    async fn handled(&self, event: HandledEvent) {
+        let now = Utc::now();
+        if !event.is_live(now) {
+            m::popup_expired();
+            return;
+        }
+        if !self.first_handled(&event, now) {
+            return;
+        }
+        let targets: Vec<Arc<Tablet>> = {
+            let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+            all.get(&event.store)
+                .map(|s| {
+                    s.values()
+                        .filter(|t| t.subscribed() && !t.has_taken(&event.call_id))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let event = Arc::new(Prepared::handled(event));
+        for t in targets {
+            t.offer(event.clone());
+        }
     }
 
     /// After a gap in the bus, replays from the database every change still
@@ -663,7 +797,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::{CallStatus, EventKind};
+    use crate::call::CallStatus;
 
     fn tablet(capacity: usize) -> Tablet {
         Tablet {
@@ -677,6 +811,7 @@ mod tests {
             outbound: Mutex::new(Outbound::default()),
             wake: Notify::new(),
             capacity,
+            took: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -709,7 +844,7 @@ mod tests {
         assert!(closing.is_none());
         let got: Vec<(&str, CallStatus)> = popups
             .iter()
-            .map(|p| (p.call_id.as_str(), p.status))
+            .map(|p| (p.call_id(), p.call().unwrap().status))
             .collect();
         assert_eq!(
             got,

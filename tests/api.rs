@@ -316,6 +316,151 @@ async fn reservations(backend: Backend) {
 }
 on_both_databases!(reservation, reservations);
 
+/// The popup's history: earlier calls from a number, the last reservation;
+/// and the store's name for the page's header.
+async fn customer_history(backend: Backend) {
+    let ctx = setup(backend).await;
+    let base = common::base(ctx.server.addr);
+    for (seq, sdt, from, vn) in [
+        ("k1", "20261120090000", "010-7777-8888", "0501"),
+        ("k2", "20261121100000", "010-7777-8888", "0501"),
+        ("k3", "20261122110000", "010-7777-8888", "0501"),
+        ("k4", "20261122110000", "010-1111-0000", "0501"),
+        ("kb", "20261122120000", "010-7777-8888", "0502"),
+    ] {
+        let fields = [
+            ("seq", seq),
+            ("sdt", sdt),
+            ("fromn", from),
+            ("ton", "02"),
+            ("vn", vn),
+        ];
+        assert_eq!(common::post_cdr(&base, &fields).await, 200);
+    }
+    for (at, car, service) in [
+        ("2026-11-20T10:00:00+09:00", "12가3456", "손세차"),
+        ("2026-11-21T15:30:00+09:00", "34나5678", "실내 크리닝"),
+    ] {
+        let body = json!({"customerNumber": "010-7777-8888", "reservedAt": at,
+                          "carNumber": car, "carModel": "쏘나타", "service": service});
+        assert_eq!(ctx.reserve(&ctx.token_a, &body.to_string()).await.0, 201);
+    }
+    // Store B's reservation for the same number is not store A's history.
+    let r = common::http()
+        .post(ctx.url("/api/stores/b/reservations"))
+        .bearer_auth(&ctx.token_b)
+        .header("content-type", "application/json")
+        .body(r#"{"customerNumber":"01077778888","reservedAt":"2026-11-25T10:00:00+09:00","carNumber":"99다9999"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    // Calls before the popup's own start: k1 and k2 (k3 is the call ringing).
+    let before = "before=2026-11-22T11:00:00%2B09:00";
+    let (code, c) = ctx
+        .get(
+            &format!("/api/stores/a/customers/010-7777-8888?{before}"),
+            Some(&ctx.token_a),
+        )
+        .await;
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(c["number"], "01077778888");
+    assert_eq!(c["calls"], 2, "{c}");
+    assert_eq!(c["lastCallAt"], "2026-11-21T10:00:00+09:00");
+    assert_eq!(c["reservations"], 2);
+    let last = &c["lastReservation"];
+    assert_eq!(last["carNumber"], "34나5678", "{c}");
+    assert_eq!(last["carModel"], "쏘나타");
+    assert_eq!(last["service"], "실내 크리닝");
+    assert_eq!(last["reservedAt"], "2026-11-21T15:30:00+09:00");
+    // Without `before`: every call of the number to this store.
+    let (_, c) = ctx
+        .get("/api/stores/a/customers/01077778888", Some(&ctx.token_a))
+        .await;
+    assert_eq!(c["calls"], 3, "{c}");
+    // A stranger: nothing known, still 200.
+    let (code, c) = ctx
+        .get("/api/stores/a/customers/0212345678", Some(&ctx.token_a))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(c["calls"], 0);
+    assert_eq!(c["lastCallAt"], Value::Null);
+    assert_eq!(c["reservations"], 0);
+    assert_eq!(c["lastReservation"], Value::Null);
+
+    // Another store's token: 403; none or a bad one: 401.
+    let path = "/api/stores/a/customers/01077778888";
+    assert_eq!(ctx.get(path, Some(&ctx.token_b)).await.0, 403);
+    assert_eq!(ctx.get(path, None).await.0, 401);
+    assert_eq!(ctx.get(path, Some("bzc_nope")).await.0, 401);
+    // Store B's own view of the number holds only its own.
+    let (_, c) = ctx
+        .get("/api/stores/b/customers/01077778888", Some(&ctx.token_b))
+        .await;
+    assert_eq!(c["calls"], 1, "{c}");
+    assert_eq!(c["lastReservation"]["carNumber"], "99다9999");
+
+    // Hostile and malformed numbers and times: 422 naming the field.
+    let long = "1".repeat(21);
+    let huge = "9".repeat(5000);
+    for bad in [
+        "abc",
+        "1",
+        long.as_str(),
+        huge.as_str(),
+        "010%2712%27%20OR%201=1",
+        "%00%00",
+        "0101%0A2222",
+        "+821077778888",
+        "%EF%BC%90%EF%BC%91",
+        "..%2F..%2Fetc",
+    ] {
+        let (code, body) = ctx
+            .get(
+                &format!("/api/stores/a/customers/{bad}"),
+                Some(&ctx.token_a),
+            )
+            .await;
+        assert_eq!(code, 422, "{bad}: {body}");
+        assert_eq!(body["field"], "number", "{bad}");
+    }
+    for bad in ["yesterday", "2026-11-22", "", "2026-13-01T00:00:00Z"] {
+        let (code, body) = ctx
+            .get(
+                &format!("/api/stores/a/customers/0101?before={bad}"),
+                Some(&ctx.token_a),
+            )
+            .await;
+        assert_eq!(code, 422, "{bad}: {body}");
+        assert_eq!(body["field"], "before");
+    }
+    // A repeated query key: the first is taken, or refused; never a 500.
+    let (code, _) = ctx
+        .get(
+            "/api/stores/a/customers/0101?before=2026-11-22T00:00:00Z&before=x",
+            Some(&ctx.token_a),
+        )
+        .await;
+    assert!(code == 200 || code == 422, "{code}");
+    // An unknown slug with a valid token of another store: 403, no leak.
+    assert_eq!(
+        ctx.get("/api/stores/zz/customers/0101", Some(&ctx.token_a))
+            .await
+            .0,
+        403
+    );
+
+    // The store's name, for the page's header; 403 for another store.
+    let (code, s) = ctx.get("/api/stores/a", Some(&ctx.token_a)).await;
+    assert_eq!(code, 200);
+    assert_eq!(s, json!({"slug": "a", "name": "Store A"}));
+    assert_eq!(ctx.get("/api/stores/a", Some(&ctx.token_b)).await.0, 403);
+    assert_eq!(ctx.get("/api/stores/a", None).await.0, 401);
+    ctx.finish().await;
+}
+on_both_databases!(customer, customer_history);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_health_metrics_and_page() {
     let ctx = setup(Backend::Sqlite).await;

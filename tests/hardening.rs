@@ -183,9 +183,15 @@ async fn tablet_page_and_api_carry_security_headers() {
     assert!(handlers.is_empty(), "inline handlers: {handlers:?}");
     assert!(!html.contains("<style"), "no inline style either");
 
+    assert!(directives.contains(&"manifest-src 'self'"), "{csp}");
+    assert!(directives.contains(&"worker-src 'self'"), "{csp}");
     for (path, kind) in [
         ("/tablet.js", "text/javascript"),
         ("/tablet.css", "text/css"),
+        ("/sw.js", "text/javascript"),
+        ("/manifest.webmanifest", "application/manifest+json"),
+        ("/icon-192.png", "image/png"),
+        ("/icon-512.png", "image/png"),
     ] {
         let r = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");

@@ -24,7 +24,7 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bus, BusError, BusState, EventHandler, Handled};
-use crate::call::CallEvent;
+use crate::call::{BusEvent, CallEvent, HandledEvent};
 use crate::config::{AckMode, AmqpConfig, Config};
 use crate::metrics as m;
 
@@ -125,7 +125,9 @@ struct Inner {
     link: RwLock<Option<Arc<Link>>>,
     connected: AtomicBool,
     /// Events whose publish failed, republished on reconnection while live.
-    outbox: Mutex<VecDeque<CallEvent>>,
+    outbox: Mutex<VecDeque<BusEvent>>,
+    /// `bus.message_ttl`: a handled event expires this long after `at`.
+    ttl: Duration,
     stop: CancellationToken,
 }
 
@@ -148,6 +150,7 @@ impl AmqpBus {
             link: RwLock::new(None),
             connected: AtomicBool::new(false),
             outbox: Mutex::new(VecDeque::new()),
+            ttl: config.bus.message_ttl,
             stop: CancellationToken::new(),
         });
         m::bus_connected(false);
@@ -397,8 +400,9 @@ impl Inner {
         m::consumed();
         let acks = self.config.ack_mode != AckMode::None;
         let acker = delivery.acker.clone();
-        let event = match CallEvent::from_json(&delivery.data) {
-            Ok(ev) => ev,
+        let event = match BusEvent::from_json(&delivery.data, self.ttl) {
+            Ok(BusEvent::Call(ev)) => ev,
+            Ok(BusEvent::Handled(ev)) => return self.on_handled(acker, ev).await,
             Err(e) => {
                 // Poison: never retried, never blocks the queue.
                 tracing::warn!(error = %e, "rejecting a message that is not a call event");
@@ -428,6 +432,31 @@ impl Inner {
                 let me = self.clone();
                 tokio::spawn(async move { me.retry(acker, event).await });
             }
+        }
+    }
+
+    /// A tablet took a call somewhere: the handler closes that popup on
+    /// the tablets here. Nothing waits for it, so it is acknowledged at
+    /// once (an expired one is rejected, as a call event would be).
+    async fn on_handled(&self, acker: lapin::Acker, event: HandledEvent) {
+        let acks = self.config.ack_mode != AckMode::None;
+        let now = Utc::now();
+        m::bus_transit((now - event.at).to_std().unwrap_or_default());
+        if !event.is_live(now) {
+            m::expired_before_delivery();
+            if acks {
+                m::rejected("expired");
+                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
+            return;
+        }
+        self.handler.handled(event).await;
+        if acks {
+            tokio::spawn(async move {
+                if acker.ack(BasicAckOptions::default()).await.is_ok() {
+                    m::acked();
+                }
+            });
         }
     }
 
@@ -500,13 +529,13 @@ impl Inner {
     }
 
     /// Publishes one event on `link` and waits for the broker's confirm.
-    async fn publish_on(&self, link: &Link, event: &CallEvent) -> Result<(), BusError> {
+    async fn publish_on(&self, link: &Link, event: &BusEvent) -> Result<(), BusError> {
         let left = event.time_left(Utc::now());
         if left.is_zero() {
             m::expired_before_delivery();
             return Ok(());
         }
-        let props = message_properties(event, left);
+        let props = message_properties(event.call_id(), event.published_at(), left);
         let payload = event.to_json();
         let sent = async {
             link.publish
@@ -535,7 +564,7 @@ impl Inner {
         }
     }
 
-    fn keep(&self, event: &CallEvent) {
+    fn keep(&self, event: &BusEvent) {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         if outbox.len() >= OUTBOX_CAPACITY {
             outbox.pop_front();
@@ -545,7 +574,7 @@ impl Inner {
 
     /// Republishes what failed while the broker was away, if still live.
     async fn flush_outbox(&self, link: &Link) {
-        let pending: Vec<CallEvent> = {
+        let pending: Vec<BusEvent> = {
             let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
             outbox.drain(..).collect()
         };
@@ -565,36 +594,50 @@ impl Inner {
         for event in live {
             if let Err(e) = self.publish_on(link, &event).await {
                 m::publish_failed();
-                tracing::warn!(call = %event.call_id, error = %e, "republish failed; keeping it");
+                tracing::warn!(call = %event.call_id(), error = %e, "republish failed; keeping it");
                 self.keep(&event);
             }
         }
     }
 }
 
-/// The AMQP properties of a call event: TTL as the per-message expiration.
-pub fn message_properties(event: &CallEvent, left: Duration) -> BasicProperties {
+/// The AMQP properties of an event: TTL as the per-message expiration.
+pub fn message_properties(
+    call_id: &str,
+    published_at: chrono::DateTime<Utc>,
+    left: Duration,
+) -> BasicProperties {
     let millis = left.as_millis().max(1);
     BasicProperties::default()
         .with_content_type("application/json".into())
-        .with_message_id(event.call_id.as_str().into())
-        .with_timestamp(event.published_at.timestamp().max(0) as u64)
+        .with_message_id(call_id.into())
+        .with_timestamp(published_at.timestamp().max(0) as u64)
         .with_expiration(ShortString::from(millis.to_string()))
+}
+
+impl AmqpBus {
+    async fn publish_event(&self, event: BusEvent) -> Result<(), BusError> {
+        let link = self.inner.link.read().await.clone();
+        let result = match link {
+            Some(link) => self.inner.publish_on(&link, &event).await,
+            None => Err(BusError::Unavailable("RabbitMQ is reconnecting".into())),
+        };
+        if result.is_err() {
+            m::publish_failed();
+            self.inner.keep(&event);
+        }
+        result
+    }
 }
 
 #[async_trait]
 impl Bus for AmqpBus {
     async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
-        let link = self.inner.link.read().await.clone();
-        let result = match link {
-            Some(link) => self.inner.publish_on(&link, event).await,
-            None => Err(BusError::Unavailable("RabbitMQ is reconnecting".into())),
-        };
-        if result.is_err() {
-            m::publish_failed();
-            self.inner.keep(event);
-        }
-        result
+        self.publish_event(BusEvent::Call(event.clone())).await
+    }
+
+    async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
+        self.publish_event(BusEvent::Handled(event.clone())).await
     }
 
     fn state(&self) -> BusState {

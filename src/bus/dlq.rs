@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use super::amqp::{classify, declare_exchange, message_properties, open};
-use crate::call::CallEvent;
+use crate::call::{BusEvent, CallEvent};
 use crate::config::Config;
 
 /// One dead message as listed.
@@ -105,7 +105,7 @@ pub async fn replay(config: &Config) -> anyhow::Result<(usize, usize)> {
                 "".into(),
                 BasicPublishOptions::default(),
                 event.to_json().as_bytes(),
-                message_properties(&event, config.bus.message_ttl),
+                message_properties(&event.call_id, event.published_at, config.bus.message_ttl),
             )
             .await?
             .await?;
@@ -138,8 +138,9 @@ pub async fn purge(config: &Config) -> anyhow::Result<u32> {
 }
 
 fn describe(delivery: &lapin::message::Delivery) -> DeadMessage {
-    let (call_id, store) = match CallEvent::from_json(&delivery.data) {
-        Ok(ev) => (ev.call_id, ev.store),
+    let (call_id, store) = match BusEvent::from_json(&delivery.data, Default::default()) {
+        Ok(BusEvent::Call(ev)) => (ev.call_id, ev.store),
+        Ok(BusEvent::Handled(ev)) => (format!("{} (handled)", ev.call_id), ev.store),
         Err(_) => ("(not a call event)".to_string(), String::new()),
     };
     let death = delivery

@@ -9,20 +9,20 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bus, BusError, BusState, EventHandler};
-use crate::call::CallEvent;
+use crate::call::{BusEvent, CallEvent, HandledEvent};
 use crate::metrics as m;
 
 /// Events waiting for the handler before publishers are told to wait.
 const CAPACITY: usize = 4096;
 
 pub struct LocalBus {
-    tx: mpsc::Sender<CallEvent>,
+    tx: mpsc::Sender<BusEvent>,
     stop: CancellationToken,
 }
 
 impl LocalBus {
     pub fn start(handler: Arc<dyn EventHandler>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<CallEvent>(CAPACITY);
+        let (tx, mut rx) = mpsc::channel::<BusEvent>(CAPACITY);
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
@@ -36,8 +36,13 @@ impl LocalBus {
                     m::expired_before_delivery();
                     continue;
                 }
-                if let Err(e) = handler.handle(event).await {
-                    tracing::warn!(error = %e, "local bus handler failed");
+                match event {
+                    BusEvent::Call(event) => {
+                        if let Err(e) = handler.handle(event).await {
+                            tracing::warn!(error = %e, "local bus handler failed");
+                        }
+                    }
+                    BusEvent::Handled(event) => handler.handled(event).await,
                 }
             }
         });
@@ -45,15 +50,25 @@ impl LocalBus {
     }
 }
 
-#[async_trait]
-impl Bus for LocalBus {
-    async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
+impl LocalBus {
+    async fn send(&self, event: BusEvent) -> Result<(), BusError> {
         self.tx
-            .send(event.clone())
+            .send(event)
             .await
             .map_err(|_| BusError::Unavailable("local bus stopped".into()))?;
         m::published();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
+        self.send(BusEvent::Call(event.clone())).await
+    }
+
+    async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
+        self.send(BusEvent::Handled(event.clone())).await
     }
 
     fn state(&self) -> BusState {

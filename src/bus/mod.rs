@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::call::CallEvent;
+use crate::call::{CallEvent, HandledEvent};
 
 /// How the bus link stands, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct HandleError(pub String);
 pub trait EventHandler: Send + Sync + 'static {
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError>;
 
+    /// A tablet took a call (on this instance or another): the popup can
+    /// close on the store's other tablets. Nothing waits for it.
+    async fn handled(&self, _event: HandledEvent) {}
+
     /// The bus link came back after a gap during which this instance's
     /// queue did not exist: events published meanwhile never reached it.
     /// The handler may catch up from elsewhere (the hub does, from the
@@ -71,6 +75,9 @@ pub trait Bus: Send + Sync + 'static {
     /// RabbitMQ: the broker confirmed it). On error the event is kept and
     /// published later while it is still inside its TTL.
     async fn publish(&self, event: &CallEvent) -> Result<(), BusError>;
+
+    /// Publishes that a tablet took a call, under the same rules.
+    async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError>;
 
     fn state(&self) -> BusState;
 

@@ -180,6 +180,19 @@ pub struct Reservation {
     pub created_at: i64,
 }
 
+/// What a store knows of one caller (docs/http-api.md, "Customers").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    /// Calls from this number to the store, before the asked time.
+    pub calls: i64,
+    /// When the latest of them started.
+    pub last_call_at: Option<i64>,
+    /// Reservations made for this number.
+    pub reservations: i64,
+    /// The one with the latest reserved time.
+    pub last_reservation: Option<Reservation>,
+}
+
 /// The fields of a new reservation.
 #[derive(Debug, Clone)]
 pub struct NewReservation {
@@ -430,6 +443,16 @@ impl Db {
             }
         }
         Ok(stores)
+    }
+
+    /// A store's display name, if the store exists.
+    pub async fn store_name(&self, slug: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, pool => sqlx::query_scalar::<_, String>(
+            "SELECT name FROM stores WHERE slug = $1",
+        )
+        .bind(slug)
+        .fetch_optional(pool)
+        .await)?)
     }
 
     pub async fn store_exists(&self, slug: &str) -> Result<bool> {
@@ -825,6 +848,49 @@ impl Db {
         .bind(millis(Utc::now()))
         .fetch_one(pool)
         .await)?)
+    }
+
+    /// What a store knows of one caller: their calls started before
+    /// `before` (how many, and when the latest started) and their latest
+    /// reservation.
+    pub async fn customer(
+        &self,
+        store: &str,
+        number: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Customer> {
+        let (calls, last_call_at): (i64, Option<i64>) = on_pool!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*), MAX(started_at) FROM calls \
+             WHERE store = $1 AND caller = $2 AND started_at < $3",
+        )
+        .bind(store)
+        .bind(number)
+        .bind(millis(before))
+        .fetch_one(pool)
+        .await)?;
+        let reservations: i64 = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM reservations WHERE store = $1 AND customer_number = $2",
+        )
+        .bind(store)
+        .bind(number)
+        .fetch_one(pool)
+        .await)?;
+        let last_reservation = on_pool!(self, pool => sqlx::query_as::<_, Reservation>(
+            "SELECT id, store, call_id, customer_number, car_number, car_model, service, \
+                reserved_at, memo, created_at FROM reservations \
+             WHERE store = $1 AND customer_number = $2 \
+             ORDER BY reserved_at DESC, id DESC LIMIT 1",
+        )
+        .bind(store)
+        .bind(number)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(Customer {
+            calls,
+            last_call_at,
+            reservations,
+            last_reservation,
+        })
     }
 
     /// A store's reservations whose time falls in `[from, to)`.

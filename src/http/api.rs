@@ -22,14 +22,24 @@ use crate::server::App;
 type ApiResult = Result<Response, ApiError>;
 
 /// A stored call as the call list serves it: the call event's fields for
-/// its latest state, plus whether a tablet acknowledged it.
-pub fn call_json(row: &CallRow, ttl: std::time::Duration) -> Value {
+/// its latest state, plus whether a tablet acknowledged it, when, and the
+/// label of the tablet that did (`labels`: token id → label).
+pub fn call_json(
+    row: &CallRow,
+    ttl: std::time::Duration,
+    labels: &HashMap<String, String>,
+) -> Value {
     let event = row.event_at(ttl, from_millis(row.updated_at));
     let mut v = serde_json::to_value(&event).unwrap_or(Value::Null);
     v["acknowledged"] = Value::Bool(row.acknowledged_at.is_some());
     v["acknowledgedAt"] = match row.acknowledged_at {
         Some(ms) => Value::String(to_utc_millis_string(from_millis(ms))),
         None => Value::Null,
+    };
+    v["acknowledgedBy"] = match (row.acknowledged_at, &row.acknowledged_by) {
+        // A tablet without a token is stored as "anonymous".
+        (Some(_), Some(id)) => Value::String(labels.get(id).cloned().unwrap_or_else(|| id.clone())),
+        _ => Value::Null,
     };
     v
 }
@@ -69,8 +79,18 @@ pub async fn calls(
     };
     let rows = app.db.calls_for_store(&slug, since, limit).await?;
     let ttl = app.config.bus.message_ttl;
+    let labels: HashMap<String, String> = if rows.iter().any(|r| r.acknowledged_at.is_some()) {
+        app.db
+            .token_list(&slug)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.label))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     Ok(Json(Value::Array(
-        rows.iter().map(|r| call_json(r, ttl)).collect(),
+        rows.iter().map(|r| call_json(r, ttl, &labels)).collect(),
     ))
     .into_response())
 }
@@ -209,6 +229,58 @@ pub async fn reservations(
     let to = from + chrono::Duration::days(1);
     let list = app.db.reservations_between(&slug, from, to).await?;
     Ok(Json(Value::Array(list.iter().map(reservation_json).collect())).into_response())
+}
+
+/// `GET /api/stores/{slug}`: the store as its tablet shows it (its name
+/// for the page's header).
+pub async fn store(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+    client: ClientAddr,
+    bearer: Bearer,
+) -> ApiResult {
+    Tablet::authorize(&app, client, bearer, &slug).await?;
+    let name = app
+        .db
+        .store_name(&slug)
+        .await?
+        .ok_or(ApiError::NotFound("no such store"))?;
+    Ok(Json(json!({ "slug": slug, "name": name })).into_response())
+}
+
+/// `GET /api/stores/{slug}/customers/{number}?before=<RFC 3339>`: what the
+/// store knows of a caller, for the popup (docs/http-api.md, "Customers").
+pub async fn customer(
+    State(app): State<App>,
+    Path((slug, number)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    client: ClientAddr,
+    bearer: Bearer,
+) -> ApiResult {
+    Tablet::authorize(&app, client, bearer, &slug).await?;
+    let number = customer_number(&number).ok_or_else(|| {
+        ApiError::invalid("number", "expected 2 to 20 digits ('-' and spaces allowed)")
+    })?;
+    let before = match q.get("before") {
+        None => Utc::now() + chrono::Duration::days(1),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                ApiError::invalid(
+                    "before",
+                    "expected an RFC 3339 time such as 2026-11-22T10:00:00+09:00",
+                )
+            })?,
+    };
+    let c = app.db.customer(&slug, &number, before).await?;
+    Ok(Json(json!({
+        "number": number,
+        "calls": c.calls,
+        "lastCallAt": c.last_call_at.map(|ms| to_kst_string(from_millis(ms))),
+        "reservations": c.reservations,
+        "lastReservation": c.last_reservation.as_ref().map(reservation_json),
+    }))
+    .into_response())
 }
 
 /// `GET /api/admin/stores`: every store, its numbers and the tablets

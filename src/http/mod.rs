@@ -32,7 +32,9 @@ pub fn router(app: App) -> Router {
             on(MethodFilter::GET.or(MethodFilter::POST), webhook::cdr),
         )
         .route(&stomp_path, get(ws::upgrade))
+        .route("/api/stores/{slug}", get(api::store))
         .route("/api/stores/{slug}/calls", get(api::calls))
+        .route("/api/stores/{slug}/customers/{number}", get(api::customer))
         .route(
             "/api/stores/{slug}/reservations",
             get(api::reservations).post(api::reserve),
@@ -43,6 +45,10 @@ pub fn router(app: App) -> Router {
         .route("/favicon.ico", get(pages::favicon))
         .route("/tablet.js", get(pages::tablet_script))
         .route("/tablet.css", get(pages::tablet_style))
+        .route("/sw.js", get(pages::service_worker))
+        .route("/manifest.webmanifest", get(pages::manifest))
+        .route("/icon-192.png", get(pages::icon_192))
+        .route("/icon-512.png", get(pages::icon_512))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -7,13 +7,18 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 const TABLET_PAGE: &str = include_str!("../../web/tablet.html");
 const TABLET_SCRIPT: &str = include_str!("../../web/tablet.js");
 const TABLET_STYLE: &str = include_str!("../../web/tablet.css");
+const SERVICE_WORKER: &str = include_str!("../../web/sw.js");
+const MANIFEST: &str = include_str!("../../web/manifest.webmanifest");
+const ICON_192: &[u8] = include_bytes!("../../web/icon-192.png");
+const ICON_512: &[u8] = include_bytes!("../../web/icon-512.png");
 
 /// The tablet page's policy: its own script and style files only (nothing
 /// inline, so an injected `<script>` cannot run), requests to this server
-/// only, and never inside another site's frame.
+/// only, its manifest and service worker from here, and never inside
+/// another site's frame.
 pub const TABLET_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self' data:; media-src 'self' data:; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+     connect-src 'self'; img-src 'self' data:; media-src 'self' data:; manifest-src 'self'; \
+     worker-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const FAVICON: &str = include_str!("../../web/favicon.svg");
 
@@ -66,6 +71,52 @@ pub async fn tablet_style() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         TABLET_STYLE,
+    )
+        .into_response()
+}
+
+/// `GET /sw.js`: the service worker that keeps the page shell for network
+/// blips (never API answers). At the root so that it covers `/tablet`.
+pub async fn service_worker() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SERVICE_WORKER,
+    )
+        .into_response()
+}
+
+/// `GET /manifest.webmanifest`: makes the page an installable, full-screen
+/// web app.
+pub async fn manifest() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/manifest+json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        MANIFEST,
+    )
+        .into_response()
+}
+
+/// `GET /icon-192.png` and `/icon-512.png`: the app's icons.
+pub async fn icon_192() -> Response {
+    png(ICON_192)
+}
+
+pub async fn icon_512() -> Response {
+    png(ICON_512)
+}
+
+fn png(bytes: &'static [u8]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        bytes,
     )
         .into_response()
 }

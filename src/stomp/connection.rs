@@ -65,7 +65,7 @@ async fn write<T: Transport>(transport: &mut T, frame: &Frame, version: Version)
 
 /// Runs one tablet's STOMP session over `transport` until either side ends it.
 pub async fn run<T: Transport>(mut transport: T, app: App, handshake: Handshake) {
-    let mut session = Session::new(app.hub.clone(), handshake);
+    let mut session = Session::new(app.hub.clone(), app.bus.clone(), handshake);
     let mut decoder = Decoder::new(app.config.stomp.max_frame);
     let opened = Instant::now();
     let mut last_in = Instant::now();

@@ -11,7 +11,8 @@ use chrono::Utc;
 use super::close::Close;
 use super::frame::{Command, Frame, Item, Version};
 use crate::auth::{bearer_token, Surface};
-use crate::call::EventKind;
+use crate::bus::SharedBus;
+use crate::call::{EventKind, HandledEvent};
 use crate::hub::{AckKind, Hub, Prepared, Subscription, Tablet};
 use crate::metrics as m;
 
@@ -141,6 +142,10 @@ pub fn negotiate_heartbeat(client: Option<&str>, server: Duration) -> Heartbeat 
 
 pub struct Session {
     hub: Arc<Hub>,
+    /// Where this tablet's "I took it" goes to the store's other tablets.
+    bus: SharedBus,
+    /// The token's label: who took a call, as the other tablets see it.
+    label: String,
     handshake: Handshake,
     id: String,
     version: Version,
@@ -152,9 +157,11 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(hub: Arc<Hub>, handshake: Handshake) -> Self {
+    pub fn new(hub: Arc<Hub>, bus: SharedBus, handshake: Handshake) -> Self {
         Session {
             hub,
+            bus,
+            label: String::new(),
             handshake,
             id: format!("s-{}", uuid::Uuid::new_v4().simple()),
             version: Version::V1_2,
@@ -284,6 +291,7 @@ impl Session {
         self.heartbeat =
             negotiate_heartbeat(frame.get("heart-beat"), self.hub.config().stomp.heartbeat);
         let tablet = self.hub.register(&info.store, &info.id);
+        self.label = info.label.clone();
         tracing::info!(store = %info.store, token = %info.id, session = %self.id, version = version.as_str(), "tablet connected");
         self.tablet = Some(tablet);
         Step::send(self.connected(version, &info.store))
@@ -435,11 +443,15 @@ impl Session {
         } else {
             tablet.token_id.as_str()
         };
-        for call in calls {
+        for call in calls.into_iter().filter(|c| !c.is_empty()) {
             m::popup_acked();
             match self.hub.db().acknowledge_call(&call, &store, by).await {
                 Ok(true) => {
-                    tracing::info!(call = %call, store = %store, token = %by, "popup acknowledged")
+                    tracing::info!(call = %call, store = %store, token = %by, "popup acknowledged");
+                    if !tablet.anonymous {
+                        tablet.took(&call);
+                        self.tell_handled(&call, &store);
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -449,6 +461,20 @@ impl Session {
             self.hub.popup_acked(&call);
         }
         Step::default()
+    }
+
+    /// Publishes that this tablet took `call`, so the store's other
+    /// tablets, on every instance, close its popup. Off the session's
+    /// path: a broker that is away must not hold up the tablet.
+    fn tell_handled(&self, call: &str, store: &str) {
+        let ttl = self.hub.config().bus.message_ttl;
+        let event = HandledEvent::new(call, store, &self.label, Utc::now(), ttl);
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish_handled(&event).await {
+                tracing::warn!(call = %event.call_id, error = %e, "handled event not published yet");
+            }
+        });
     }
 
     /// The MESSAGE frames for one popup, one per subscription; none when it
@@ -466,19 +492,19 @@ impl Session {
         let subs: Vec<(String, Subscription)> = tablet
             .subscriptions()
             .iter()
-            .filter(|(_, s)| s.store == event.store)
+            .filter(|(_, s)| s.store == event.store())
             // The Spring service's tablets know only call popups.
-            .filter(|(_, s)| !s.legacy || event.kind == EventKind::Call)
+            .filter(|(_, s)| !s.legacy || event.kind() == EventKind::Call)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut frames = Vec::with_capacity(subs.len());
         for (sub, Subscription { ack, store, legacy }) in subs {
             self.next_message += 1;
-            let message_id = format!("{}-{}", event.call_id, self.next_message);
-            let (prefix, body) = if legacy {
-                (LEGACY_PREFIX, event.legacy_json())
-            } else {
-                (DESTINATION_PREFIX, event.json.as_str())
+            let message_id = format!("{}-{}", event.call_id(), self.next_message);
+            let (prefix, body) = match (legacy, event.legacy_json()) {
+                (true, Some(body)) => (LEGACY_PREFIX, body),
+                (true, None) => continue,
+                (false, _) => (DESTINATION_PREFIX, event.json.as_str()),
             };
             let mut f = Frame::new(Command::Message)
                 .header("destination", format!("{prefix}{store}"))
@@ -489,15 +515,21 @@ impl Session {
                 if self.version == Version::V1_2 {
                     f = f.header("ack", message_id.clone());
                 }
-                tablet
-                    .ack_book()
-                    .record(&sub, message_id, event.call_id.clone());
+                // Acknowledging a handled event takes nothing: it is
+                // booked without a call.
+                let call = match event.kind() {
+                    EventKind::Call => event.call_id().to_string(),
+                    EventKind::Handled => String::new(),
+                };
+                tablet.ack_book().record(&sub, message_id, call);
             }
             frames.push(f.with_body(body.as_bytes().to_vec()));
         }
-        let latency = (now - event.published_at).to_std().unwrap_or_default();
-        for _ in &frames {
-            m::popup_sent(latency);
+        if event.kind() == EventKind::Call {
+            let latency = (now - event.published_at()).to_std().unwrap_or_default();
+            for _ in &frames {
+                m::popup_sent(latency);
+            }
         }
         frames
     }
