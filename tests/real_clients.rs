@@ -25,10 +25,22 @@ fn require_js_deps() {
 
 /// A store and token made with the CLI in the instance's directory.
 fn register(dir: &Path, slug: &str, number: &str) -> String {
+    register_named(dir, slug, slug, number, &[])
+}
+
+/// The same, with the store's name and the CLI's environment.
+fn register_named(
+    dir: &Path,
+    slug: &str,
+    name: &str,
+    number: &str,
+    env: &[(&str, &str)],
+) -> String {
     let run = |args: &[&str]| {
         let out = Command::new(common::bin())
             .args(args)
             .current_dir(dir)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -38,7 +50,7 @@ fn register(dir: &Path, slug: &str, number: &str) -> String {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    run(&["store", "add", slug, "--name", slug, "--number", number]);
+    run(&["store", "add", slug, "--name", name, "--number", number]);
     run(&["token", "issue", slug, "--label", "js"])
 }
 
@@ -111,32 +123,28 @@ async fn stompjs_receives_and_acknowledges_a_popup() {
     assert_eq!(list[0]["acknowledged"], true);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tablet_page_in_headless_chromium() {
-    require_js_deps();
+fn chromium() -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
         "{chromium} is missing: apt-get install chromium (scripts/test does)"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path(), "page-store", "050-5555-6666");
-    let server = Instance::spawn(dir.path(), &[]);
-    let base = server.base();
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
-    let bin = common::bin().to_string();
-    let script = js_dir().join("tablet_page.mjs");
-    let (base2, token2, artifacts2) = (base.clone(), token.clone(), artifacts.clone());
+    chromium
+}
+
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts")
+}
+
+/// Runs one of the page scripts under node; returns its standard output
+/// once it has succeeded.
+async fn run_page_script(script: &str, args: Vec<String>) -> String {
+    let script = js_dir().join(script);
+    let chromium = chromium();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)
-            .args([
-                base2.as_str(),
-                token2.as_str(),
-                bin.as_str(),
-                "05055556666",
-                artifacts2.to_str().unwrap(),
-            ])
+            .args(args)
             .current_dir(js_dir())
             .env("CHROMIUM", chromium)
             .output()
@@ -144,23 +152,83 @@ async fn tablet_page_in_headless_chromium() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "page test failed:\n{stdout}\n{stderr}"
     );
     assert!(!stdout.contains("PAGEERROR"), "{stdout}");
+    stdout
+}
+
+const STORE_NAME: &str = "강남 손세차";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablet_page_in_headless_chromium() {
+    require_js_deps();
+    let dir = tempfile::tempdir().unwrap();
+    let token = register_named(dir.path(), "page-store", STORE_NAME, "050-5555-6666", &[]);
+    let server = Instance::spawn(dir.path(), &[]);
+    let base = server.base();
+    // A regular: an earlier call (a fixed day long past) and a reservation,
+    // which the popup shows and the form is prefilled from.
+    let code = common::post_cdr(
+        &base,
+        &[
+            ("seq", "earlier-1"),
+            ("sdt", "20260105100000"),
+            ("edt", "20260105100100"),
+            ("swidt", "20260105100010"),
+            ("fromn", "010-4321-8765"),
+            ("ton", "02"),
+            ("vn", "05055556666"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let r = common::http()
+        .post(format!("{base}/api/stores/page-store/reservations"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"customerNumber": "01043218765",
+            "reservedAt": "2026-01-05T15:00:00+09:00", "carNumber": "34나5678",
+            "carModel": "쏘나타", "service": "실내 크리닝"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let stdout = run_page_script(
+        "tablet_page.mjs",
+        vec![
+            base.clone(),
+            token.clone(),
+            common::bin().to_string(),
+            "05055556666".into(),
+            artifacts().to_string_lossy().to_string(),
+            STORE_NAME.into(),
+        ],
+    )
+    .await;
     let seq = stdout
         .lines()
         .find_map(|l| l.strip_prefix("DONE "))
         .unwrap_or_else(|| panic!("{stdout}"))
         .to_string();
+    // axe ran on every screen.
+    let screens = stdout.lines().filter(|l| l.starts_with("AXE ")).count();
+    assert!(screens >= 14, "axe runs: {screens}\n{stdout}");
 
     let list = call_list(&base, "page-store", &token).await;
-    assert_eq!(list[0]["callId"], seq.as_str());
-    assert_eq!(list[0]["status"], "answered");
-    assert_eq!(list[0]["acknowledged"], true, "acknowledged from the page");
+    let call = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["callId"] == seq.as_str())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(call["status"], "answered");
+    assert_eq!(call["acknowledged"], true, "acknowledged from the page");
+    assert_eq!(call["acknowledgedBy"], "js");
     let reservations: serde_json::Value = common::http()
         .get(format!("{base}/api/stores/page-store/reservations"))
         .bearer_auth(&token)
@@ -170,14 +238,95 @@ async fn tablet_page_in_headless_chromium() {
         .json()
         .await
         .unwrap();
-    let r = reservations
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::hours(9 + 24))
+        .format("%Y-%m-%d")
+        .to_string();
+    let later: serde_json::Value = common::http()
+        .get(format!(
+            "{base}/api/stores/page-store/reservations?date={tomorrow}"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all: Vec<&serde_json::Value> = reservations
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["callId"] == seq.as_str());
-    let r = r.unwrap_or_else(|| panic!("reservation for {seq}: {reservations}"));
+        .chain(later.as_array().unwrap())
+        .collect();
+    let r = all.iter().find(|r| r["callId"] == seq.as_str());
+    let r = r.unwrap_or_else(|| panic!("reservation for {seq}: {all:?}"));
     assert_eq!(r["customerNumber"], "01043218765");
     assert_eq!(r["carNumber"], "12가3456");
-    assert!(artifacts.join("tablet-popup-landscape.png").is_file());
-    assert!(artifacts.join("tablet-portrait.png").is_file());
+    assert_eq!(r["carModel"], "쏘나타", "prefilled from the last visit");
+    assert_eq!(r["service"], "실내 크리닝");
+    for size in ["landscape", "portrait", "laptop"] {
+        for screen in ["popup", "sound"] {
+            let shot = artifacts().join(format!("tablet-{screen}-{size}.png"));
+            assert!(shot.is_file(), "{}", shot.display());
+        }
+    }
+    for screen in ["offline-landscape", "missed-landscape", "signin-landscape"] {
+        assert!(artifacts().join(format!("tablet-{screen}.png")).is_file());
+    }
+}
+
+/// Two tablets of one store on two instances (PostgreSQL, RabbitMQ): one
+/// takes the call, the other's popup closes and says who took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tablets_on_two_instances_in_chromium() {
+    require_js_deps();
+    let db = common::TestDb::new(common::Backend::Postgres).await;
+    let broker = common::Broker::new();
+    let mut env = broker.env();
+    env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
+    let env = common::env_refs(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let desk = register_named(dir.path(), "duo", STORE_NAME, "050-6060-7070", &env);
+    let run = |args: &[&str]| {
+        let (code, out, err) = common::run_cli(args, &env);
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_string()
+    };
+    let bay = run(&["token", "issue", "duo", "--label", "세차장 베이"]);
+    let one = Instance::spawn(dir.path(), &env);
+    let two = Instance::spawn(dir.path(), &env);
+    for i in [&one, &two] {
+        let base = i.base();
+        common::eventually(Duration::from_secs(30), "bus up", || {
+            let base = base.clone();
+            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
+        })
+        .await;
+    }
+    let stdout = run_page_script(
+        "tablet_two.mjs",
+        vec![
+            one.base(),
+            two.base(),
+            desk.clone(),
+            bay.clone(),
+            common::bin().to_string(),
+            "05060607070".into(),
+            artifacts().to_string_lossy().to_string(),
+            "js".into(),
+        ],
+    )
+    .await;
+    let seq = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DONE "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    let list = call_list(&two.base(), "duo", &bay).await;
+    assert_eq!(list[0]["callId"], seq.as_str());
+    assert_eq!(list[0]["acknowledgedBy"], "js");
+    assert!(artifacts().join("tablet-two-bay-taken.png").is_file());
+    drop((one, two));
+    broker.cleanup().await;
+    db.cleanup().await;
 }

@@ -1,78 +1,173 @@
 // The tablet page in real headless Chromium (Debian's), driven by
-// playwright-core: sign in, a simulated call pops up, acknowledge it into
-// a reservation, save it, and see it listed. Screenshots go to <artifacts>.
-// Usage: node tablet_page.mjs <base-url> <token> <bizcall-binary> <virtual-number> <artifacts-dir>
-import { chromium } from "playwright-core";
+// playwright-core, at two iPad sizes and a laptop's: typed and QR sign-in,
+// the sound step, a popup whose caller history fills in, a reservation
+// prefilled from the last visit, a network drop (offline banner, the shell
+// from the service worker, missed calls once back), and axe-core on every
+// screen. The page is reached through a TCP relay this script can cut.
+// Screenshots go to <artifacts>.
+// Usage: node tablet_page.mjs <base-url> <token> <bizcall-binary> <virtual-number> <artifacts-dir> <store-name>
 import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
+import { SIZES, step, launch, newPage, checkProblems, axe, relay, signInTyped, unlockSound, text } from "./page_kit.mjs";
 
-const [base, token, bin, vn, artifacts] = process.argv.slice(2);
+const [direct, token, bin, vn, artifacts, storeName] = process.argv.slice(2);
 mkdirSync(artifacts, { recursive: true });
-const step = (s) => console.log("STEP " + s);
+const shot = (page, name) => page.screenshot({ path: artifacts + "/tablet-" + name + ".png" });
+const simulate = (from, extra) => execFileSync(bin, ["call", "simulate", "--server", direct, "--to", vn, "--from", from, ...(extra || [])],
+  { encoding: "utf8" }).trim();
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const net = await relay(direct);
+const base = net.base();
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  page.on("pageerror", (e) => console.log("PAGEERROR " + e.message));
-  // Anything the page's Content-Security-Policy blocks fails the test.
-  const blocked = [];
-  page.on("console", (m) => {
-    if (/Content Security Policy/i.test(m.text())) blocked.push(m.text());
-  });
+  // ---- landscape iPad: typed sign-in, the regular's popup, a reservation --
+  const size = SIZES[0];
+  const { context, page } = await newPage(browser, size);
   await page.goto(base + "/tablet");
-  step("loaded");
-  await page.fill("#token", token);
-  await page.click("#signin-form button[type=submit]");
-  await page.waitForSelector('#state[data-state="connected"]', { timeout: 15000 });
-  step("connected");
+  if ((await text(page, "#signin h2")) !== "태블릿 로그인") throw new Error("not Korean: " + await text(page, "#signin h2"));
+  await axe(page, "signin-" + size.name);
+  await shot(page, "signin-" + size.name);
+  await signInTyped(page, base + "/tablet", token);
+  step("signed in (typed)");
+  await axe(page, "sound-" + size.name);
+  await shot(page, "sound-" + size.name);
+  await unlockSound(page);
+  step("sound on");
+  await page.waitForFunction((n) => document.querySelector("#store-name").textContent === n, storeName, { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelector("#state").dataset.state === "connected");
+  if ((await text(page, "#state")) !== "연결됨") throw new Error("state: " + await text(page, "#state"));
+  await axe(page, "board-" + size.name);
 
-  // The token survives a reload: the page reconnects by itself.
+  // The token survives a reload; the sound step comes again (browsers
+  // forget the tap with the page).
   await page.reload();
-  await page.waitForSelector('#state[data-state="connected"]', { timeout: 15000 });
+  await page.waitForSelector("#sound:not([hidden])", { timeout: 20000 });
+  await unlockSound(page);
   step("reconnected after reload");
 
-  const seq = execFileSync(bin, ["call", "simulate", "--server", base, "--to", vn, "--from", "010-4321-8765"],
-    { encoding: "utf8" }).trim();
+  // A regular calls: the popup shows at once, the history fills in.
+  const seq = simulate("010-4321-8765");
   step("simulated " + seq);
   await page.waitForSelector("#popup:not([hidden])", { timeout: 15000 });
-  const number = await page.textContent("#popup-number");
-  if (number.trim() !== "010-4321-8765") throw new Error("popup shows " + number);
-  if ((await page.textContent("#popup-status")).trim() !== "ringing") throw new Error("status not ringing");
-  await page.screenshot({ path: artifacts + "/tablet-popup-landscape.png" });
-  step("popup");
+  if ((await text(page, "#popup-number")) !== "010-4321-8765") throw new Error("popup shows " + await text(page, "#popup-number"));
+  if ((await text(page, "#popup-status")) !== "벨 울림") throw new Error("status: " + await text(page, "#popup-status"));
+  await page.waitForSelector('#popup-history[data-state="loaded"]', { timeout: 15000 });
+  const history = await text(page, "#popup-history");
+  if (!/이전 통화 1회/.test(history) || !/34나5678/.test(history) || !/실내 크리닝/.test(history)) throw new Error("history: " + history);
+  await axe(page, "popup-" + size.name);
+  await shot(page, "popup-" + size.name);
+  step("popup with history");
 
   // The call is answered: the same popup updates in place.
-  execFileSync(bin, ["call", "simulate", "--server", base, "--to", vn, "--from", "010-4321-8765",
-    "--status", "answered", "--seq", seq]);
-  await page.waitForFunction(() => document.querySelector("#popup-status").textContent === "answered", null, { timeout: 15000 });
+  simulate("010-4321-8765", ["--status", "answered", "--seq", seq]);
+  await page.waitForFunction(() => document.querySelector("#popup-status").textContent === "통화 중", null, { timeout: 15000 });
   step("status updated");
 
+  // "예약": the form, prefilled from the last reservation.
   await page.click("#reserve-open");
   await page.waitForSelector("#popup", { state: "hidden" });
-  const prefilled = await page.inputValue("#reservation input[name=customerNumber]");
-  if (prefilled !== "01043218765") throw new Error("form prefilled with " + prefilled);
-  await page.fill("#reservation input[name=carNumber]", "12가3456");
-  await page.fill("#reservation input[name=service]", "full wash");
+  const form = {};
+  for (const f of ["customerNumber", "carNumber", "carModel", "service"]) form[f] = await page.inputValue("#reservation [name=" + f + "]");
+  if (form.customerNumber !== "01043218765" || form.carNumber !== "34나5678" || form.carModel !== "쏘나타" || form.service !== "실내 크리닝") {
+    throw new Error("form prefilled with " + JSON.stringify(form));
+  }
+  await page.fill("#reservation [name=carNumber]", "12가3456");
   // Booked for tomorrow morning, as a call late in the evening would be:
-  // it must still be listed (at any hour the test runs).
+  // listed at any hour the test runs.
   const tomorrow = new Date(Date.now() + 9 * 3600e3 + 86400e3).toISOString().slice(0, 10);
-  await page.fill("#reservation input[name=reservedAt]", tomorrow + "T09:30");
+  await page.fill("#reservation [name=reservedAt]", tomorrow + "T09:30");
+  await axe(page, "reservation-form-" + size.name);
+  await shot(page, "reservation-form-" + size.name);
   await page.click("#reservation button[type=submit]");
-  await page.waitForFunction(() => /Saved reservation/.test(document.querySelector("#message").textContent), null, { timeout: 15000 })
-    .catch(async (e) => { throw new Error("not saved: " + await page.textContent("#message") + " (" + e.message + ")"); });
-  await page.waitForFunction(() => document.querySelectorAll("#reservations li").length >= 1, null, { timeout: 15000 });
-  const listed = await page.textContent("#reservations");
-  if (!/tomorrow 09:30/.test(listed) || !/full wash/.test(listed)) throw new Error("reservations list: " + listed);
+  await page.waitForFunction(() => /예약을 저장했습니다/.test(document.querySelector("#message").textContent), null, { timeout: 15000 })
+    .catch(async (e) => { throw new Error("not saved: " + await text(page, "#message") + " (" + e.message + ")"); });
+  await page.waitForFunction(() => /내일 오전 9:30/.test(document.querySelector("#reservations").textContent), null, { timeout: 15000 })
+    .catch(async () => { throw new Error("reservations list: " + await text(page, "#reservations")); });
   step("reservation saved");
 
-  await page.setViewportSize({ width: 800, height: 1280 });
-  await page.screenshot({ path: artifacts + "/tablet-portrait.png", fullPage: true });
-  if (blocked.length) throw new Error("blocked by CSP: " + blocked.join(" | "));
+  // ---- the network drops --------------------------------------------------
+  await page.evaluate(() => navigator.serviceWorker.ready.then(() => true));
+  await net.cut();
+  await page.waitForSelector("#offline:not([hidden])", { timeout: 60000 });
+  await page.waitForFunction(() => /연결 안 됨/.test(document.querySelector("#offline-since").textContent), null, { timeout: 10000 });
+  // While it is down the page shell still opens, from the service worker.
+  const shell = await context.newPage();
+  const res = await shell.goto(base + "/tablet");
+  if (!res || !(await shell.$("#signin-form"))) throw new Error("shell not served while offline");
+  if (!res.fromServiceWorker()) throw new Error("the shell did not come from the service worker");
+  await shell.close();
+  step("shell from the service worker");
+  // A call comes and goes unanswered meanwhile.
+  const lost = simulate("010-5555-1234");
+  simulate("010-5555-1234", ["--status", "missed", "--seq", lost]);
+  await page.waitForFunction(() => /[0-9]+초째/.test(document.querySelector("#offline-since").textContent), null, { timeout: 10000 });
+  await axe(page, "offline-" + size.name);
+  await shot(page, "offline-" + size.name);
+  step("offline banner");
+  await net.restore();
+  await page.waitForSelector("#offline", { state: "hidden", timeout: 90000 });
+  await page.waitForSelector("#missed-section:not([hidden])", { timeout: 20000 });
+  const missed = await text(page, "#missed-section");
+  if (!/놓친 전화/.test(missed) || !/010-5555-1234/.test(missed)) throw new Error("missed: " + missed);
+  await axe(page, "missed-" + size.name);
+  await shot(page, "missed-" + size.name);
+  step("missed call shown once back");
+  checkProblems(page);
+  await context.close();
+
+  // ---- portrait iPad: QR sign-in ------------------------------------------
+  {
+    const size = SIZES[1];
+    const { context, page } = await newPage(browser, size);
+    await page.goto(base + "/tablet#token=" + encodeURIComponent(token));
+    await page.waitForSelector("#sound:not([hidden])", { timeout: 20000 });
+    const where = await page.evaluate(() => location.href);
+    if (where.includes("#") || where.includes(token)) throw new Error("token left in the address bar: " + where);
+    const kept = await page.evaluate(() => localStorage.getItem("bizcall.token"));
+    if (kept !== token) throw new Error("QR token not stored");
+    step("signed in (QR)");
+    await axe(page, "sound-" + size.name);
+    await shot(page, "sound-" + size.name);
+    await unlockSound(page);
+    await calledOnce(page, size, "010-7000-0001");
+    await context.close();
+  }
+
+  // ---- laptop: typed sign-in; English when asked ---------------------------
+  {
+    const size = SIZES[2];
+    const { context, page } = await newPage(browser, size, "en-US");
+    await page.goto(base + "/tablet");
+    if ((await text(page, "#signin h2")) !== "Tablet sign-in") throw new Error("not English for an English browser");
+    await axe(page, "signin-en-" + size.name);
+    await shot(page, "signin-en-" + size.name);
+    await signInTyped(page, base + "/tablet?lang=ko", token);
+    if ((await text(page, "#sound h2")) !== "소리 켜기") throw new Error("?lang=ko ignored");
+    await axe(page, "sound-" + size.name);
+    await shot(page, "sound-" + size.name);
+    await unlockSound(page);
+    await calledOnce(page, size, "010-7000-0002");
+    await context.close();
+  }
   console.log("DONE " + seq);
 } finally {
   await browser.close();
+  await net.close();
+}
+
+// A first-time caller at this size: popup, "처음 전화한 고객", axe, screenshot, "확인".
+async function calledOnce(page, size, from) {
+  await page.waitForFunction((n) => document.querySelector("#store-name").textContent === n, storeName, { timeout: 15000 });
+  await axe(page, "board-" + size.name);
+  await shot(page, "board-" + size.name);
+  simulate(from);
+  await page.waitForSelector("#popup:not([hidden])", { timeout: 15000 });
+  await page.waitForSelector('#popup-history[data-state="loaded"]', { timeout: 15000 });
+  if (!/처음 전화한 고객/.test(await text(page, "#popup-history"))) throw new Error("history: " + await text(page, "#popup-history"));
+  await axe(page, "popup-" + size.name);
+  await shot(page, "popup-" + size.name);
+  await page.click("#ack");
+  await page.waitForSelector("#popup", { state: "hidden" });
+  step("popup at " + size.name);
+  checkProblems(page);
 }
