@@ -291,6 +291,12 @@ impl Tablet {
         !self.subscriptions().is_empty()
     }
 
+    /// Whether a subscription of this tablet may carry handled events (the
+    /// legacy destination never does).
+    fn follows_new_destination(&self) -> bool {
+        self.subscriptions().values().any(|s| !s.legacy)
+    }
+
     /// Remembers that this tablet took `call_id`.
     pub fn took(&self, call_id: &str) {
         let mut took = self.took.lock().unwrap_or_else(|p| p.into_inner());
@@ -678,7 +684,7 @@ impl EventHandler for Hub {
             all.get(&event.store)
                 .map(|s| {
                     s.values()
-                        .filter(|t| t.subscribed() && !t.has_taken(&event.call_id))
+                        .filter(|t| t.follows_new_destination() && !t.has_taken(&event.call_id))
                         .cloned()
                         .collect()
                 })
@@ -850,6 +856,47 @@ mod tests {
             got,
             [("a", CallStatus::Completed), ("b", CallStatus::Ringing)]
         );
+    }
+
+    #[test]
+    fn a_handled_event_queues_beside_its_call_and_replaces_only_its_own_kind() {
+        let t = tablet(4);
+        t.offer(event("a", CallStatus::Ringing));
+        let handled = |by: &str| {
+            Arc::new(Prepared::handled(HandledEvent::new(
+                "a",
+                "s",
+                by,
+                Utc::now(),
+                std::time::Duration::from_secs(30),
+            )))
+        };
+        t.offer(handled("desk"));
+        t.offer(handled("bay"));
+        t.offer(event("a", CallStatus::Answered));
+        let (popups, _) = t.take();
+        let got: Vec<(EventKind, Option<CallStatus>)> = popups
+            .iter()
+            .map(|p| (p.kind(), p.call().map(|c| c.status)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (EventKind::Call, Some(CallStatus::Answered)),
+                (EventKind::Handled, None)
+            ]
+        );
+        assert!(
+            popups[1].legacy_json().is_none(),
+            "never in the legacy shape"
+        );
+        assert!(popups[0].legacy_json().is_some());
+        t.took("a");
+        assert!(t.has_taken("a") && !t.has_taken("b"));
+        for i in 0..TOOK_LIMIT {
+            t.took(&format!("c{i}"));
+        }
+        assert!(!t.has_taken("a"), "the oldest are forgotten");
     }
 
     #[test]

@@ -206,3 +206,60 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     broker.cleanup().await;
     db.cleanup().await;
 }
+
+/// A token-less Spring page (`compat.anonymous`) that ACKs a legacy popup
+/// takes the call too: the store's tablets on the new destination are told
+/// it was "anonymous"; the page itself, legacy only, is told nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_legacy_ack_is_told_to_the_new_tablets() {
+    const PAD: &str = "https://pad.example.com";
+    let ctx = common::Single::new(|c| {
+        c.compat.anonymous = true;
+        c.stomp.allowed_origins = vec![PAD.into()];
+    })
+    .await;
+    let token = ctx.store("solo", "0509").await;
+    let mut desk = tablet(&ctx.ws(), &token, &[("calls", "/topic/call-store/solo")]).await;
+    let mut pad = Client::open_with(&ctx.ws(), &[("Origin", PAD)]).await;
+    pad.send_raw("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    pad.expect("CONNECTED").await;
+    pad.send_raw(
+        "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/solo\nack:client\nreceipt:r\n\n\0",
+    )
+    .await;
+    pad.expect("RECEIPT").await;
+    let fields = [
+        ("seq", "an1"),
+        ("sdt", "20261122101500"),
+        ("fromn", "01033334444"),
+        ("ton", "02"),
+        ("vn", "0509"),
+    ];
+    assert_eq!(common::post_cdr(&ctx.base(), &fields).await, 200);
+    let popup = message(&mut pad).await;
+    assert_eq!(message(&mut desk).await.json()["type"], "call");
+    pad.send_raw(&format!(
+        "ACK\nid:{}\n\n\0",
+        popup.get("ack").expect("ack header")
+    ))
+    .await;
+    let handled = message(&mut desk).await.json();
+    assert_eq!(handled["type"], "handled");
+    assert_eq!(handled["by"], "anonymous");
+    // The pad's next message is the next call, not the handled event.
+    let fields = [
+        ("seq", "an2"),
+        ("sdt", "20261122101600"),
+        ("fromn", "01033334444"),
+        ("ton", "02"),
+        ("vn", "0509"),
+    ];
+    assert_eq!(common::post_cdr(&ctx.base(), &fields).await, 200);
+    let next = message(&mut pad).await.json();
+    assert_eq!(next["callId"], "an2", "{next}");
+    assert_eq!(next["fromNumber"], "01033334444");
+    drop((desk, pad));
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}

@@ -448,10 +448,8 @@ impl Session {
             match self.hub.db().acknowledge_call(&call, &store, by).await {
                 Ok(true) => {
                     tracing::info!(call = %call, store = %store, token = %by, "popup acknowledged");
-                    if !tablet.anonymous {
-                        tablet.took(&call);
-                        self.tell_handled(&call, &store);
-                    }
+                    tablet.took(&call);
+                    self.tell_handled(&call, &store);
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -468,7 +466,11 @@ impl Session {
     /// path: a broker that is away must not hold up the tablet.
     fn tell_handled(&self, call: &str, store: &str) {
         let ttl = self.hub.config().bus.message_ttl;
-        let event = HandledEvent::new(call, store, &self.label, Utc::now(), ttl);
+        let by = match self.tablet.as_ref() {
+            Some(t) if t.anonymous => ANONYMOUS,
+            _ => self.label.as_str(),
+        };
+        let event = HandledEvent::new(call, store, by, Utc::now(), ttl);
         let bus = self.bus.clone();
         tokio::spawn(async move {
             if let Err(e) = bus.publish_handled(&event).await {
