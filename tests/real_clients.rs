@@ -159,6 +159,7 @@ async fn run_page_script(script: &str, args: Vec<String>) -> String {
         "page test failed:\n{stdout}\n{stderr}"
     );
     assert!(!stdout.contains("PAGEERROR"), "{stdout}");
+    println!("{stdout}");
     stdout
 }
 

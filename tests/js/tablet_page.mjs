@@ -112,6 +112,24 @@ try {
   await axe(page, "missed-" + size.name);
   await shot(page, "missed-" + size.name);
   step("missed call shown once back");
+  // The service worker kept the shell and nothing else: no API answer, no
+  // socket, after all the calls, reservations and lookups above.
+  const cached = await page.evaluate(async () => {
+    const out = [];
+    for (const name of await caches.keys()) {
+      for (const req of await (await caches.open(name)).keys()) out.push(new URL(req.url).pathname);
+    }
+    return out;
+  });
+  if (!cached.includes("/tablet") || cached.some((p) => p.startsWith("/api") || p.startsWith("/ws"))) {
+    throw new Error("service worker cache: " + JSON.stringify(cached));
+  }
+  // The page holds a Screen Wake Lock after the tap, where the browser has
+  // the API (Debian's headless Chromium grants it).
+  const wake = await page.evaluate(() => ("wakeLock" in navigator ? document.body.dataset.wakeLock || "not asked" : "no API"));
+  console.log("WAKELOCK " + wake);
+  if (wake !== "on" && wake !== "no API") throw new Error("wake lock: " + wake);
+  step("cache holds the shell only");
   checkProblems(page);
   await context.close();
 
