@@ -353,6 +353,14 @@ impl SeenCalls {
     }
 }
 
+/// Calls whose handled event this instance passed on (call → its expiry),
+/// pruned like `SeenCalls`.
+#[derive(Debug)]
+struct HandledCalls {
+    calls: HashMap<String, DateTime<Utc>>,
+    prune_above: usize,
+}
+
 pub struct Hub {
     config: Arc<Config>,
     db: Db,
@@ -364,7 +372,7 @@ pub struct Hub {
     next_id: AtomicU64,
     seen: Mutex<SeenCalls>,
     /// Calls whose handled event went out here, until a TTL past expiry.
-    handled: Mutex<HashMap<String, DateTime<Utc>>>,
+    handled: Mutex<HandledCalls>,
     /// Calls whose bus message waits for a tablet's ACK (ack mode manual).
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Every event this instance receives, for observers (tests, tools).
@@ -382,7 +390,10 @@ impl Hub {
             anonymous: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             seen: Mutex::new(SeenCalls::default()),
-            handled: Mutex::new(HashMap::new()),
+            handled: Mutex::new(HandledCalls {
+                calls: HashMap::new(),
+                prune_above: 10_000,
+            }),
             waiting: Mutex::new(HashMap::new()),
             watchers,
         }
@@ -568,14 +579,18 @@ impl Hub {
     /// outbox republish can bring a second copy).
     fn first_handled(&self, event: &HandledEvent, now: DateTime<Utc>) -> bool {
         let ttl = self.config.bus.ttl();
-        let mut handled = self.handled.lock().unwrap_or_else(|p| p.into_inner());
-        if handled.len() > 10_000 {
-            handled.retain(|_, expires| *expires + ttl > now);
+        let mut guard = self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        let HandledCalls { calls, prune_above } = &mut *guard;
+        // Swept only once the map has doubled since the last sweep, so a
+        // burst of acknowledgements costs amortised constant time.
+        if calls.len() > *prune_above {
+            calls.retain(|_, expires| *expires + ttl > now);
+            *prune_above = (calls.len() * 2).max(10_000);
         }
-        match handled.get(&event.call_id) {
+        match calls.get(&event.call_id) {
             Some(expires) if *expires + ttl > now => false,
             _ => {
-                handled.insert(event.call_id.clone(), event.expires_at);
+                calls.insert(event.call_id.clone(), event.expires_at);
                 true
             }
         }

@@ -263,3 +263,45 @@ async fn an_anonymous_legacy_ack_is_told_to_the_new_tablets() {
     ctx.server.stop().await.unwrap();
     ctx.db.cleanup().await;
 }
+
+/// A handled event that reaches an instance twice (an outbox republish)
+/// is passed on once; an expired one never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_or_expired_handled_event_is_passed_on_once_or_never() {
+    let ctx = common::Single::new(|_| {}).await;
+    let token = ctx.store("twice", "0508").await;
+    let mut t = tablet(&ctx.ws(), &token, &[("calls", "/topic/call-store/twice")]).await;
+    let ttl = Duration::from_secs(30);
+    let bus = &ctx.server.app.bus;
+    let old = bizcall::call::HandledEvent::new(
+        "gone",
+        "twice",
+        "desk",
+        chrono::Utc::now() - chrono::Duration::seconds(31),
+        ttl,
+    );
+    bus.publish_handled(&old).await.unwrap();
+    let ev = bizcall::call::HandledEvent::new("d1", "twice", "desk", chrono::Utc::now(), ttl);
+    bus.publish_handled(&ev).await.unwrap();
+    bus.publish_handled(&ev).await.unwrap();
+    let fields = [
+        ("seq", "d2"),
+        ("sdt", "20261122101500"),
+        ("fromn", "01099998888"),
+        ("ton", "02"),
+        ("vn", "0508"),
+    ];
+    assert_eq!(common::post_cdr(&ctx.base(), &fields).await, 200);
+    let first = message(&mut t).await.json();
+    assert_eq!(first["type"], "handled");
+    assert_eq!(first["callId"], "d1");
+    let second = message(&mut t).await.json();
+    assert_eq!(
+        (second["type"].as_str(), second["callId"].as_str()),
+        (Some("call"), Some("d2")),
+        "{second}"
+    );
+    drop(t);
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}
