@@ -12,7 +12,7 @@
       soundTitle: "소리 켜기", soundText: "전화가 오면 알림음이 울리도록 화면을 한 번 눌러 주세요.",
       soundButton: "눌러서 소리 켜기",
       offlineTitle: "연결 끊김", offlineHint: "다시 연결하는 중입니다. 그동안 온 전화는 연결되면 '놓친 전화'에 표시됩니다.",
-      offlineFor: (t) => t + "째 연결 안 됨",
+      offlineFor: (t) => "(" + t + " 전부터)",
       missedTitle: "놓친 전화", missedClear: "모두 확인", callsTitle: "오늘 들어온 전화",
       callsEmpty: "오늘 들어온 전화가 없습니다.", reservationsTitle: "오늘과 내일 예약",
       reservationsEmpty: "예약이 없습니다.", newReservation: "새 예약",
@@ -29,7 +29,8 @@
       takenBy: (by) => (by || "다른 태블릿") + "에서 응대 중",
       takenNotice: (num, by) => num + " 전화는 " + (by || "다른 태블릿") + "에서 응대했습니다.",
       acknowledged: "확인함", tomorrow: "내일", saved: (id) => "예약을 저장했습니다 (#" + id + ")",
-      missedBadge: "놓친 전화", unknownError: "오류가 발생했습니다",
+      missedBadge: "놓친 전화", unknownError: "오류가 발생했습니다. 잠시 후 다시 시도해 주세요.",
+      invalid: (field) => field + " 값을 확인해 주세요.",
       fields: { customerNumber: "고객 전화번호", reservedAt: "예약 시간", carNumber: "차량 번호", carModel: "차종", service: "서비스", memo: "메모", callId: "통화" },
       duration: (h, m, s) => (h ? h + "시간 " : "") + (h || m ? m + "분 " : "") + s + "초",
     },
@@ -39,7 +40,7 @@
       soundTitle: "Turn on sound", soundText: "Tap once so the chime can sound when a call comes in.",
       soundButton: "Tap to turn on sound",
       offlineTitle: "Connection lost", offlineHint: "Reconnecting. Calls that come in meanwhile show as missed calls once back.",
-      offlineFor: (t) => "offline for " + t,
+      offlineFor: (t) => "(for " + t + ")",
       missedTitle: "Missed calls", missedClear: "Mark all seen", callsTitle: "Today's calls",
       callsEmpty: "No calls today yet.", reservationsTitle: "Reservations today and tomorrow",
       reservationsEmpty: "No reservations.", newReservation: "New reservation",
@@ -56,7 +57,8 @@
       takenBy: (by) => "taken by " + (by || "another tablet"),
       takenNotice: (num, by) => "The call from " + num + " was taken by " + (by || "another tablet") + ".",
       acknowledged: "seen", tomorrow: "tomorrow", saved: (id) => "Saved reservation #" + id,
-      missedBadge: "missed", unknownError: "Something went wrong",
+      missedBadge: "missed", unknownError: "Something went wrong; please try again.",
+      invalid: (field) => "Please check the " + field.toLowerCase() + ".",
       fields: { customerNumber: "Customer number", reservedAt: "Time", carNumber: "Car number", carModel: "Car model", service: "Service", memo: "Memo", callId: "Call" },
       duration: (h, m, s) => (h ? h + " h " : "") + (h || m ? m + " min " : "") + s + " s",
     },
@@ -503,7 +505,8 @@
       state.history.delete(body.customerNumber.replace(/[^0-9]/g, ""));
       refresh();
     } catch (e) {
-      $("message").textContent = (e.field ? (T.fields[e.field] || e.field) + ": " : "") + (e.message || T.unknownError);
+      // The server's detail is in English; staff get the field in their words.
+      $("message").textContent = e.field ? T.invalid(T.fields[e.field] || e.field) : T.unknownError;
     }
   }
 

@@ -72,6 +72,12 @@ try {
     throw new Error("form prefilled with " + JSON.stringify(form));
   }
   await page.fill("#reservation [name=carNumber]", "12가3456");
+  // A bad number is refused, in Korean, naming the field.
+  await page.fill("#reservation [name=customerNumber]", "010-4321-876x");
+  await page.click("#reservation button[type=submit]");
+  await page.waitForFunction(() => /고객 전화번호 값을 확인해 주세요/.test(document.querySelector("#message").textContent), null, { timeout: 15000 })
+    .catch(async () => { throw new Error("error message: " + await text(page, "#message")); });
+  await page.fill("#reservation [name=customerNumber]", "01043218765");
   // Booked for tomorrow morning, as a call late in the evening would be:
   // listed at any hour the test runs.
   const tomorrow = new Date(Date.now() + 9 * 3600e3 + 86400e3).toISOString().slice(0, 10);
@@ -89,7 +95,7 @@ try {
   await page.evaluate(() => navigator.serviceWorker.ready.then(() => true));
   await net.cut();
   await page.waitForSelector("#offline:not([hidden])", { timeout: 60000 });
-  await page.waitForFunction(() => /연결 안 됨/.test(document.querySelector("#offline-since").textContent), null, { timeout: 10000 });
+  await page.waitForFunction(() => /전부터/.test(document.querySelector("#offline-since").textContent), null, { timeout: 10000 });
   // While it is down the page shell still opens, from the service worker.
   const shell = await context.newPage();
   const res = await shell.goto(base + "/tablet");
@@ -100,7 +106,8 @@ try {
   // A call comes and goes unanswered meanwhile.
   const lost = simulate("010-5555-1234");
   simulate("010-5555-1234", ["--status", "missed", "--seq", lost]);
-  await page.waitForFunction(() => /[0-9]+초째/.test(document.querySelector("#offline-since").textContent), null, { timeout: 10000 });
+  // The time since the drop counts up (at least one second shown).
+  await page.waitForFunction(() => /\(([1-9][0-9]*초|[0-9]+분 [0-9]+초) 전부터\)/.test(document.querySelector("#offline-since").textContent), null, { timeout: 30000 });
   await axe(page, "offline-" + size.name);
   await shot(page, "offline-" + size.name);
   step("offline banner");
