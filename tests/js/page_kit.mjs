@@ -91,12 +91,12 @@ export async function signInTyped(page, url, token) {
   await page.goto(url);
   await page.fill("#token", token);
   await page.click("#signin-form button[type=submit]");
-  await page.waitForSelector("#sound:not([hidden])", { timeout: 20000 });
+  await page.waitForSelector("#sound:not([hidden])", { timeout: 30000 });
 }
 
 export async function unlockSound(page) {
   await page.click("#sound-unlock");
-  await page.waitForSelector("#board:not([hidden])", { timeout: 10000 });
+  await page.waitForSelector("#board:not([hidden])", { timeout: 30000 });
   const sound = await page.evaluate(() => document.body.dataset.sound);
   if (sound !== "on") throw new Error("sound after the tap: " + sound);
 }

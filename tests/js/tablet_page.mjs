@@ -33,7 +33,7 @@ try {
   await shot(page, "sound-" + size.name);
   await unlockSound(page);
   step("sound on");
-  await page.waitForFunction((n) => document.querySelector("#store-name").textContent === n, storeName, { timeout: 15000 });
+  await page.waitForFunction((n) => document.querySelector("#store-name").textContent === n, storeName, { timeout: 30000 });
   await page.waitForFunction(() => document.querySelector("#state").dataset.state === "connected");
   if ((await text(page, "#state")) !== "연결됨") throw new Error("state: " + await text(page, "#state"));
   await axe(page, "board-" + size.name);
@@ -41,17 +41,17 @@ try {
   // The token survives a reload; the sound step comes again (browsers
   // forget the tap with the page).
   await page.reload();
-  await page.waitForSelector("#sound:not([hidden])", { timeout: 20000 });
+  await page.waitForSelector("#sound:not([hidden])", { timeout: 30000 });
   await unlockSound(page);
   step("reconnected after reload");
 
   // A regular calls: the popup shows at once, the history fills in.
   const seq = simulate("010-4321-8765");
   step("simulated " + seq);
-  await page.waitForSelector("#popup:not([hidden])", { timeout: 15000 });
+  await page.waitForSelector("#popup:not([hidden])", { timeout: 30000 });
   if ((await text(page, "#popup-number")) !== "010-4321-8765") throw new Error("popup shows " + await text(page, "#popup-number"));
   if ((await text(page, "#popup-status")) !== "벨 울림") throw new Error("status: " + await text(page, "#popup-status"));
-  await page.waitForSelector('#popup-history[data-state="loaded"]', { timeout: 15000 });
+  await page.waitForSelector('#popup-history[data-state="loaded"]', { timeout: 30000 });
   const history = await text(page, "#popup-history");
   if (!/이전 통화 1회/.test(history) || !/34나5678/.test(history) || !/실내 크리닝/.test(history)) throw new Error("history: " + history);
   await axe(page, "popup-" + size.name);
@@ -60,7 +60,7 @@ try {
 
   // The call is answered: the same popup updates in place.
   simulate("010-4321-8765", ["--status", "answered", "--seq", seq]);
-  await page.waitForFunction(() => document.querySelector("#popup-status").textContent === "통화 중", null, { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelector("#popup-status").textContent === "통화 중", null, { timeout: 30000 });
   step("status updated");
 
   // "예약": the form, prefilled from the last reservation.
@@ -75,7 +75,7 @@ try {
   // A bad number is refused, in Korean, naming the field.
   await page.fill("#reservation [name=customerNumber]", "010-4321-876x");
   await page.click("#reservation button[type=submit]");
-  await page.waitForFunction(() => /고객 전화번호 값을 확인해 주세요/.test(document.querySelector("#message").textContent), null, { timeout: 15000 })
+  await page.waitForFunction(() => /고객 전화번호 값을 확인해 주세요/.test(document.querySelector("#message").textContent), null, { timeout: 30000 })
     .catch(async () => { throw new Error("error message: " + await text(page, "#message")); });
   await page.fill("#reservation [name=customerNumber]", "01043218765");
   // Booked for tomorrow morning, as a call late in the evening would be:
@@ -85,9 +85,9 @@ try {
   await axe(page, "reservation-form-" + size.name);
   await shot(page, "reservation-form-" + size.name);
   await page.click("#reservation button[type=submit]");
-  await page.waitForFunction(() => /예약을 저장했습니다/.test(document.querySelector("#message").textContent), null, { timeout: 15000 })
+  await page.waitForFunction(() => /예약을 저장했습니다/.test(document.querySelector("#message").textContent), null, { timeout: 30000 })
     .catch(async (e) => { throw new Error("not saved: " + await text(page, "#message") + " (" + e.message + ")"); });
-  await page.waitForFunction(() => /내일 오전 9:30/.test(document.querySelector("#reservations").textContent), null, { timeout: 15000 })
+  await page.waitForFunction(() => /내일 오전 9:30/.test(document.querySelector("#reservations").textContent), null, { timeout: 30000 })
     .catch(async () => { throw new Error("reservations list: " + await text(page, "#reservations")); });
   step("reservation saved");
 
@@ -95,7 +95,7 @@ try {
   await page.evaluate(() => navigator.serviceWorker.ready.then(() => true));
   await net.cut();
   await page.waitForSelector("#offline:not([hidden])", { timeout: 60000 });
-  await page.waitForFunction(() => /전부터/.test(document.querySelector("#offline-since").textContent), null, { timeout: 10000 });
+  await page.waitForFunction(() => /전부터/.test(document.querySelector("#offline-since").textContent), null, { timeout: 30000 });
   // While it is down the page shell still opens, from the service worker.
   const shell = await context.newPage();
   const res = await shell.goto(base + "/tablet");
@@ -113,7 +113,7 @@ try {
   step("offline banner");
   await net.restore();
   await page.waitForSelector("#offline", { state: "hidden", timeout: 90000 });
-  await page.waitForSelector("#missed-section:not([hidden])", { timeout: 20000 });
+  await page.waitForSelector("#missed-section:not([hidden])", { timeout: 30000 });
   const missed = await text(page, "#missed-section");
   if (!/놓친 전화/.test(missed) || !/010-5555-1234/.test(missed)) throw new Error("missed: " + missed);
   await axe(page, "missed-" + size.name);
@@ -145,7 +145,7 @@ try {
     const size = SIZES[1];
     const { context, page } = await newPage(browser, size);
     await page.goto(base + "/tablet#token=" + encodeURIComponent(token));
-    await page.waitForSelector("#sound:not([hidden])", { timeout: 20000 });
+    await page.waitForSelector("#sound:not([hidden])", { timeout: 30000 });
     const where = await page.evaluate(() => location.href);
     if (where.includes("#") || where.includes(token)) throw new Error("token left in the address bar: " + where);
     const kept = await page.evaluate(() => localStorage.getItem("bizcall.token"));
@@ -182,12 +182,12 @@ try {
 
 // A first-time caller at this size: popup, "처음 전화한 고객", axe, screenshot, "확인".
 async function calledOnce(page, size, from) {
-  await page.waitForFunction((n) => document.querySelector("#store-name").textContent === n, storeName, { timeout: 15000 });
+  await page.waitForFunction((n) => document.querySelector("#store-name").textContent === n, storeName, { timeout: 30000 });
   await axe(page, "board-" + size.name);
   await shot(page, "board-" + size.name);
   simulate(from);
-  await page.waitForSelector("#popup:not([hidden])", { timeout: 15000 });
-  await page.waitForSelector('#popup-history[data-state="loaded"]', { timeout: 15000 });
+  await page.waitForSelector("#popup:not([hidden])", { timeout: 30000 });
+  await page.waitForSelector('#popup-history[data-state="loaded"]', { timeout: 30000 });
   if (!/처음 전화한 고객/.test(await text(page, "#popup-history"))) throw new Error("history: " + await text(page, "#popup-history"));
   await axe(page, "popup-" + size.name);
   await shot(page, "popup-" + size.name);

@@ -18,23 +18,23 @@ try {
   await signInTyped(bay.page, base2 + "/tablet", bayToken);
   await unlockSound(bay.page);
   for (const p of [desk.page, bay.page]) {
-    await p.waitForFunction(() => document.querySelector("#state").dataset.state === "connected", null, { timeout: 15000 });
+    await p.waitForFunction(() => document.querySelector("#state").dataset.state === "connected", null, { timeout: 30000 });
   }
   step("both signed in");
 
   const seq = execFileSync(bin, ["call", "simulate", "--server", base1, "--to", vn, "--from", "010-8080-9090"],
     { encoding: "utf8" }).trim();
-  for (const p of [desk.page, bay.page]) await p.waitForSelector("#popup:not([hidden])", { timeout: 20000 });
+  for (const p of [desk.page, bay.page]) await p.waitForSelector("#popup:not([hidden])", { timeout: 30000 });
   await bay.page.screenshot({ path: artifacts + "/tablet-two-bay-popup.png" });
   step("popup on both");
 
   await desk.page.click("#ack");
   await desk.page.waitForSelector("#popup", { state: "hidden" });
-  await bay.page.waitForSelector("#popup", { state: "hidden", timeout: 20000 });
-  await bay.page.waitForSelector("#notice:not([hidden])", { timeout: 5000 });
+  await bay.page.waitForSelector("#popup", { state: "hidden", timeout: 30000 });
+  await bay.page.waitForSelector("#notice:not([hidden])", { timeout: 15000 });
   const notice = await text(bay.page, "#notice");
   if (!notice.includes(deskLabel + "에서 응대했습니다") || !notice.includes("010-8080-9090")) throw new Error("notice: " + notice);
-  await bay.page.waitForFunction((l) => document.querySelector("#calls").textContent.includes(l + "에서 응대 중"), deskLabel, { timeout: 5000 })
+  await bay.page.waitForFunction((l) => document.querySelector("#calls").textContent.includes(l + "에서 응대 중"), deskLabel, { timeout: 15000 })
     .catch(async () => { throw new Error("call list: " + await text(bay.page, "#calls")); });
   await axe(bay.page, "taken-" + SIZES[1].name);
   await bay.page.screenshot({ path: artifacts + "/tablet-two-bay-taken.png" });
