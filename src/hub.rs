@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::metrics as m;
 use crate::stomp::close::Close;
+use crate::trail::Trail;
 
 /// How a subscription acknowledges messages (STOMP `ack` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,11 +243,12 @@ impl Tablet {
     }
 
     /// Queues a popup. An update of a call already queued replaces it in
-    /// place; a full queue closes the tablet as a slow consumer.
-    fn offer(&self, event: Arc<Prepared>) {
+    /// place; a full queue closes the tablet as a slow consumer. Returns
+    /// false when the tablet is (now) closing instead.
+    fn offer(&self, event: Arc<Prepared>) -> bool {
         let mut out = self.lock_out();
         if out.closing.is_some() {
-            return;
+            return false;
         }
         let same = |p: &Arc<Prepared>| p.call_id() == event.call_id() && p.kind() == event.kind();
         if let Some(slot) = out.popups.iter_mut().find(|p| same(p)) {
@@ -260,8 +262,10 @@ impl Tablet {
         } else {
             out.popups.push_back(event);
         }
+        let queued = out.closing.is_none();
         drop(out);
         self.wake.notify_one();
+        queued
     }
 
     /// Asks the connection to end with `reason`.
@@ -377,6 +381,8 @@ pub struct Hub {
     waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Every event this instance receives, for observers (tests, tools).
     watchers: broadcast::Sender<CallEvent>,
+    /// This instance's part of calls' delivery trails (set at start).
+    trail: std::sync::OnceLock<Arc<Trail>>,
 }
 
 impl Hub {
@@ -396,7 +402,30 @@ impl Hub {
             }),
             waiting: Mutex::new(HashMap::new()),
             watchers,
+            trail: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records what becomes of every event here in `trail`.
+    pub fn attach_trail(&self, trail: Arc<Trail>) {
+        let _ = self.trail.set(trail);
+    }
+
+    fn trail(&self) -> Option<&Arc<Trail>> {
+        self.trail.get()
+    }
+
+    /// Tablets connected here per (store, token id); anonymous tablets
+    /// under `""`, once per store they follow.
+    pub fn presence(&self) -> HashMap<(String, String), usize> {
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: HashMap<(String, String), usize> = HashMap::new();
+        for (store, tablets) in all.iter() {
+            for t in tablets.values() {
+                *out.entry((store.clone(), t.token_id.clone())).or_default() += 1;
+            }
+        }
+        out
     }
 
     pub fn config(&self) -> &Config {
@@ -642,6 +671,9 @@ impl EventHandler for Hub {
         let now = Utc::now();
         if !event.is_live(now) {
             m::popup_expired();
+            if let Some(trail) = self.trail() {
+                trail.expired(&event.call_id);
+            }
             return Ok(Handled::Done);
         }
         if !self.fresh(&event, now) {
@@ -656,6 +688,9 @@ impl EventHandler for Hub {
                 .unwrap_or_default()
         };
         if targets.is_empty() {
+            if let Some(trail) = self.trail() {
+                trail.reached(&event.call_id, std::iter::empty(), 0);
+            }
             return Ok(Handled::Done);
         }
         let awaits_ack = targets.iter().any(|t| t.awaits_ack());
@@ -676,8 +711,15 @@ impl EventHandler for Hub {
         } else {
             Handled::Done
         };
-        for t in targets {
-            t.offer(event.clone());
+        let mut slow = 0;
+        for t in &targets {
+            if !t.offer(event.clone()) {
+                slow += 1;
+            }
+        }
+        if let Some(trail) = self.trail() {
+            let tokens = targets.iter().map(|t| t.token_id.as_str());
+            trail.reached(event.call_id(), tokens, slow);
         }
         Ok(handled)
     }

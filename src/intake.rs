@@ -94,10 +94,14 @@ async fn publish(app: &App, row: &CallRow) {
     let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
     match app.bus.publish(&event).await {
         Ok(()) => {
+            app.trail.received(&row.seq, row.updated_at, true);
             if let Err(e) = app.marks.mark(&row.seq, row.updated_at).await {
                 tracing::warn!(seq = %row.seq, error = %e, "could not mark a call event published");
             }
         }
-        Err(e) => tracing::warn!(seq = %row.seq, error = %e, "call event not published yet"),
+        Err(e) => {
+            app.trail.received(&row.seq, row.updated_at, false);
+            tracing::warn!(seq = %row.seq, error = %e, "call event not published yet")
+        }
     }
 }

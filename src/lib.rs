@@ -12,6 +12,8 @@
 //! - [`token`]: tablet tokens, hashed at rest, compared in constant time.
 //! - [`bus`]: the `Bus` contract, an in-process bus and RabbitMQ.
 //! - [`hub`]: the tablets connected to this instance, by store.
+//! - [`presence`]: tablets online across the cluster, heart-beaten per instance.
+//! - [`trail`]: each call's delivery trail, one batched row per instance.
 //! - [`stomp`]: the STOMP codec, one tablet's session, and the connection
 //!   loop that runs it over any transport.
 //! - [`sockjs`]: SockJS transports for the Spring service's tablets.
@@ -31,9 +33,11 @@ pub mod http;
 pub mod hub;
 pub mod intake;
 pub mod metrics;
+pub mod presence;
 pub mod server;
 pub mod simulate;
 pub mod sockjs;
 pub mod stomp;
 pub mod store_import;
 pub mod token;
+pub mod trail;

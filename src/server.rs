@@ -43,6 +43,10 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Cancelled when the instance starts to stop.
     pub shutdown: CancellationToken,
+    /// This instance as the cluster's presence and trails name it.
+    pub identity: Arc<crate::presence::Identity>,
+    /// This instance's part of calls' delivery trails.
+    pub trail: Arc<crate::trail::Trail>,
 }
 
 /// A running instance.
@@ -119,6 +123,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
     let hub = Arc::new(Hub::new(config.clone(), db.clone()));
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let identity = Arc::new(crate::presence::Identity::new(addr.port()));
+    let trail = crate::trail::Trail::start(db.clone(), identity.id.clone(), shutdown.clone());
+    hub.attach_trail(trail.clone());
     let handler: Arc<dyn EventHandler> = hub.clone();
     let bus: SharedBus = match config.bus.kind {
         BusKind::Local => Arc::new(LocalBus::start(handler)),
@@ -136,12 +147,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         )),
         metrics,
         shutdown: shutdown.clone(),
+        identity: identity.clone(),
+        trail,
     };
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listener.local_addr()?;
     let webhook_listener = match config.webhook.listen {
         Some(at) => Some(
             TcpListener::bind(at)
@@ -161,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         );
     }
     tracing::info!(
+        instance = %app.identity.id,
         "bizcall {} listening on http://{addr} (database: {} {}; bus: {})",
         env!("CARGO_PKG_VERSION"),
         db.kind(),
@@ -170,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     tokio::spawn(retention(app.clone()));
     tokio::spawn(revocation(app.clone()));
+    let presence = tokio::spawn(crate::presence::run(app.clone()));
     // On stop, every tablet is told to reconnect (to another instance).
     let closing = app.clone();
     tokio::spawn(async move {
@@ -216,6 +227,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let result: std::io::Result<()> = Ok(());
+        let _ = presence.await;
+        served.trail.flush().await;
         served.bus.shutdown().await;
         served.db.close().await;
         tracing::info!("bizcall stopped");
@@ -382,6 +395,9 @@ async fn retention(app: App) {
                 tracing::info!(deleted = n, days, "retention: old calls deleted");
             }
             Err(e) => tracing::warn!(error = %e, "retention job failed; will try again"),
+        }
+        if let Err(e) = app.db.trail_prune(crate::db::millis(cutoff)).await {
+            tracing::warn!(error = %e, "retention of delivery trails failed; will try again");
         }
         tokio::select! {
             _ = app.shutdown.cancelled() => return,

@@ -16,6 +16,9 @@ use crate::cdr::Cdr;
 use crate::token;
 
 mod marks;
+pub use console::{
+    now_millis, CallFilter, InstanceRow, Online, PresenceKey, StoreFootprint, TokenRow, TrailRow,
+};
 pub use marks::PublishMarks;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -41,6 +44,9 @@ macro_rules! on_pool {
         }
     };
 }
+
+// After the macro, which it uses.
+mod console;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

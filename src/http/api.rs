@@ -1,5 +1,5 @@
-//! The tablet's HTTP API (docs/http-api.md): its store's calls, reservations,
-//! and the admin view.
+//! The tablet's HTTP API (docs/http-api.md): its store's calls and
+//! reservations. The admin API is in `admin`.
 
 use std::collections::HashMap;
 
@@ -11,7 +11,7 @@ use axum::Json;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use super::auth::{authorize_admin, Bearer, Tablet};
+use super::auth::{Bearer, Tablet};
 use super::body::{media_type, read_limited};
 use super::client_ip::ClientAddr;
 use super::error::ApiError;
@@ -281,30 +281,6 @@ pub async fn customer(
         "lastReservation": c.last_reservation.as_ref().map(reservation_json),
     }))
     .into_response())
-}
-
-/// `GET /api/admin/stores`: every store, its numbers and the tablets
-/// connected to this instance. Off unless `admin.token` is set.
-pub async fn admin_stores(State(app): State<App>, client: ClientAddr, bearer: Bearer) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
-    let stores = app.db.store_list().await?;
-    let here = app.hub.tablets_by_store();
-    let anonymous = app.hub.anonymous_by_store();
-    let list: Vec<Value> = stores
-        .iter()
-        .map(|s| {
-            json!({
-                "slug": s.slug,
-                "name": s.name,
-                "numbers": s.numbers,
-                "tabletsHere": here.get(&s.slug).copied().unwrap_or(0),
-                // Token-less tablets (`compat.anonymous`) that still need
-                // the token change.
-                "anonymousTabletsHere": anonymous.get(&s.slug).copied().unwrap_or(0),
-            })
-        })
-        .collect();
-    Ok(Json(Value::Array(list)).into_response())
 }
 
 #[cfg(test)]

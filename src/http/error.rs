@@ -26,6 +26,12 @@ pub enum ApiError {
         field: &'static str,
         error: String,
     },
+    /// The request clashes with what is stored (409, naming the field):
+    /// a slug or number another store has.
+    Conflict {
+        field: &'static str,
+        error: String,
+    },
     UnsupportedMediaType(&'static str),
     PayloadTooLarge,
     /// The database did not answer (503); logged.
@@ -68,6 +74,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(why) => (StatusCode::NOT_FOUND, json!({ "error": why })),
             ApiError::Invalid { field, error } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "error": error, "field": field }),
+            ),
+            ApiError::Conflict { field, error } => (
+                StatusCode::CONFLICT,
                 json!({ "error": error, "field": field }),
             ),
             ApiError::UnsupportedMediaType(want) => (

@@ -1,6 +1,7 @@
 //! HTTP routes: the provider's webhook, health and metrics, the tablet API
 //! and page, and the STOMP WebSocket endpoint.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod body;
@@ -39,7 +40,7 @@ pub fn router(app: App) -> Router {
             "/api/stores/{slug}/reservations",
             get(api::reservations).post(api::reserve),
         )
-        .route("/api/admin/stores", get(api::admin_stores))
+        .merge(admin_routes())
         .route("/tablet", get(pages::tablet_page))
         .route("/", get(pages::root))
         .route("/favicon.ico", get(pages::favicon))
@@ -49,12 +50,45 @@ pub fn router(app: App) -> Router {
         .route("/manifest.webmanifest", get(pages::manifest))
         .route("/icon-192.png", get(pages::icon_192))
         .route("/icon-512.png", get(pages::icon_512))
+        .route("/admin", get(pages::admin_page))
+        .route("/admin.js", get(pages::admin_script))
+        .route("/admin.css", get(pages::admin_style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
         .merge(sockjs)
+}
+
+/// The admin API (docs/http-api.md, "Admin endpoints").
+fn admin_routes() -> Router<App> {
+    use axum::routing::{delete, post};
+    Router::new()
+        .route(
+            "/api/admin/stores",
+            get(admin::stores).post(admin::store_create),
+        )
+        .route(
+            "/api/admin/stores/{slug}",
+            get(admin::store_show)
+                .patch(admin::store_edit)
+                .delete(admin::store_remove),
+        )
+        .route("/api/admin/stores/{slug}/numbers", post(admin::number_add))
+        .route(
+            "/api/admin/stores/{slug}/numbers/{number}",
+            delete(admin::number_remove),
+        )
+        .route(
+            "/api/admin/stores/{slug}/tokens",
+            get(admin::tokens).post(admin::token_issue),
+        )
+        .route("/api/admin/tokens/{id}", delete(admin::token_revoke))
+        .route("/api/admin/instances", get(admin::instances))
+        .route("/api/admin/calls", get(admin::calls))
+        .route("/api/admin/calls/{seq}", get(admin::call_trail))
+        .route("/api/admin/events", get(admin::events))
 }
 
 /// Headers every answer carries: no MIME sniffing, no `Referer` leaving

@@ -20,6 +20,10 @@ pub const TABLET_CSP: &str = "default-src 'none'; script-src 'self'; style-src '
      connect-src 'self'; img-src 'self' data:; media-src 'self' data:; manifest-src 'self'; \
      worker-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+const ADMIN_PAGE: &str = include_str!("../../web/admin.html");
+const ADMIN_SCRIPT: &str = include_str!("../../web/admin.js");
+const ADMIN_STYLE: &str = include_str!("../../web/admin.css");
+
 const FAVICON: &str = include_str!("../../web/favicon.svg");
 
 /// `/`: a person who opens the instance's address lands on the tablet page.
@@ -117,6 +121,43 @@ fn png(bytes: &'static [u8]) -> Response {
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
         bytes,
+    )
+        .into_response()
+}
+
+/// `GET /admin`: the operator console, under the tablet page's policy
+/// (its QR codes are `data:` images).
+pub async fn admin_page() -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, TABLET_CSP),
+        ],
+        Html(ADMIN_PAGE),
+    )
+        .into_response()
+}
+
+/// `GET /admin.js`: the console's script.
+pub async fn admin_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        ADMIN_SCRIPT,
+    )
+        .into_response()
+}
+
+/// `GET /admin.css`: the console's style.
+pub async fn admin_style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        ADMIN_STYLE,
     )
         .into_response()
 }

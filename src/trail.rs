@@ -1,0 +1,212 @@
+//! A call's delivery trail, as the operator console shows it: which instance
+//! received it and when the broker confirmed it, and on every instance
+//! whether it reached tablets (how many, which tokens) or why not.
+//!
+//! Nothing here writes per tablet or per popup: each instance keeps its
+//! part of each recent call in memory and writes the calls that changed in
+//! one batch a second (one row per instance per call, rewritten whole), so
+//! the database sees one statement a second per instance whatever the
+//! traffic. A SIGKILL loses at most the last second of trail, never a call.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{now_millis, Db, TrailRow};
+
+/// How often changed trails are written.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long a call's trail stays in memory after its last change (updates
+/// of one call arrive over its ringing and talking time).
+const KEEP_MS: i64 = 10 * 60 * 1000;
+
+/// Why a call did or did not reach tablets on one instance; the strongest
+/// seen wins (a later delivery outranks an earlier "no tablet").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Outcome {
+    /// Only received and published here (no event consumed yet).
+    #[default]
+    Received,
+    /// The event had expired when it arrived.
+    Expired,
+    /// No tablet of the store was connected here.
+    NoTablet,
+    /// Every tablet it was for was dropped as a slow consumer.
+    SlowConsumer,
+    /// Queued for at least one tablet.
+    Delivered,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Received => "received",
+            Outcome::Expired => "expired",
+            Outcome::NoTablet => "no-tablet",
+            Outcome::SlowConsumer => "slow-consumer",
+            Outcome::Delivered => "delivered",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    received_at: Option<i64>,
+    published_at: Option<i64>,
+    reached_at: Option<i64>,
+    last_at: Option<i64>,
+    events: i64,
+    tablets: i64,
+    tokens: BTreeSet<String>,
+    outcome: Outcome,
+    dirty: bool,
+    touched: i64,
+}
+
+/// This instance's part of recent calls' trails, written in batches.
+#[derive(Debug)]
+pub struct Trail {
+    instance: String,
+    db: Db,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Trail {
+    /// Starts the writer; it writes a last batch when `stop` is cancelled.
+    pub fn start(db: Db, instance: String, stop: CancellationToken) -> Arc<Self> {
+        let trail = Arc::new(Trail {
+            instance,
+            db,
+            entries: Mutex::new(HashMap::new()),
+        });
+        let writer = trail.clone();
+        tokio::spawn(async move {
+            loop {
+                let stopping = tokio::select! {
+                    _ = stop.cancelled() => true,
+                    _ = tokio::time::sleep(FLUSH_EVERY) => false,
+                };
+                writer.flush().await;
+                if stopping {
+                    return;
+                }
+            }
+        });
+        trail
+    }
+
+    fn touch(&self, seq: &str, change: impl FnOnce(&mut Entry, i64)) {
+        let now = now_millis();
+        let mut all = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let e = match all.get_mut(seq) {
+            Some(e) => e,
+            None => all.entry(seq.to_string()).or_default(),
+        };
+        change(e, now);
+        e.dirty = true;
+        e.touched = now;
+    }
+
+    /// This instance stored a CDR of `seq` at `stored_at`; `confirmed`
+    /// says whether the broker confirmed its publish.
+    pub fn received(&self, seq: &str, stored_at: i64, confirmed: bool) {
+        self.touch(seq, |e, now| {
+            e.received_at.get_or_insert(stored_at);
+            if confirmed {
+                e.published_at.get_or_insert(now);
+            }
+        });
+    }
+
+    /// An event of `seq` arrived here already expired.
+    pub fn expired(&self, seq: &str) {
+        self.touch(seq, |e, now| {
+            e.reached_at.get_or_insert(now);
+            e.last_at = Some(now);
+            e.outcome = e.outcome.max(Outcome::Expired);
+        });
+    }
+
+    /// An event of `seq` was queued for the tablets of `tokens` here
+    /// (none: no tablet online), `slow` of which were dropped as slow.
+    pub fn reached<'a>(&self, seq: &str, tokens: impl Iterator<Item = &'a str>, slow: usize) {
+        self.touch(seq, |e, now| {
+            e.reached_at.get_or_insert(now);
+            e.last_at = Some(now);
+            let mut queued = 0i64;
+            for t in tokens {
+                queued += 1;
+                if !e.tokens.contains(t) {
+                    e.tokens.insert(t.to_string());
+                }
+            }
+            let delivered = queued - slow as i64;
+            e.tablets = e.tablets.max(delivered);
+            let outcome = if delivered > 0 {
+                e.events += 1;
+                Outcome::Delivered
+            } else if slow > 0 {
+                Outcome::SlowConsumer
+            } else {
+                Outcome::NoTablet
+            };
+            e.outcome = e.outcome.max(outcome);
+        });
+    }
+
+    /// Writes what changed since the last batch; forgets old calls.
+    pub async fn flush(&self) {
+        let now = now_millis();
+        let rows: Vec<TrailRow> = {
+            let mut all = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let rows = all
+                .iter_mut()
+                .filter(|(_, e)| e.dirty)
+                .map(|(seq, e)| {
+                    e.dirty = false;
+                    TrailRow {
+                        seq: seq.clone(),
+                        instance_id: self.instance.clone(),
+                        received_at: e.received_at,
+                        published_at: e.published_at,
+                        reached_at: e.reached_at,
+                        last_at: e.last_at,
+                        events: e.events,
+                        tablets: e.tablets,
+                        token_ids: serde_json::to_string(&e.tokens).unwrap_or_else(|_| "[]".into()),
+                        outcome: e.outcome.as_str().to_string(),
+                        updated_at: now,
+                    }
+                })
+                .collect();
+            all.retain(|_, e| e.dirty || now - e.touched < KEEP_MS);
+            rows
+        };
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.db.trail_write(&rows).await {
+            tracing::warn!(error = %e, calls = rows.len(), "could not write delivery trails; will retry");
+            let mut all = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            for r in rows {
+                if let Some(e) = all.get_mut(&r.seq) {
+                    e.dirty = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_outranks_an_earlier_miss() {
+        assert!(Outcome::Delivered > Outcome::NoTablet);
+        assert!(Outcome::NoTablet > Outcome::Expired);
+        assert!(Outcome::SlowConsumer > Outcome::NoTablet);
+    }
+}
