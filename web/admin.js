@@ -397,5 +397,11 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     loadCalls().catch(() => {});
   });
+  // An ACK is not a call event: an open trail still waiting for one is
+  // looked at again every few seconds.
+  setInterval(() => {
+    const v = $("#trail-verdict").dataset.verdict;
+    if (state.token && state.call && !$("#calls").hidden && v !== "acknowledged") soon("calls");
+  }, 3000);
   if (state.token) signIn(state.token);
 });

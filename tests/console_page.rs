@@ -1,0 +1,93 @@
+//! The operator console (`/admin`) in Debian's headless Chromium, driven by
+//! playwright-core (tests/js/admin_console.mjs) against a real `bizcall
+//! serve`: store, token with QR, a tablet page online, a call's trail up to
+//! its ACK, revocation; axe-core on every screen. `scripts/test` installs
+//! Chromium, the Korean font and the npm packages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Instance;
+
+const ADMIN: &str = "console-admin-5c1d";
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_console_in_headless_chromium() {
+    assert!(
+        js_dir().join("node_modules/axe-core").is_dir(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install chromium (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Instance::spawn(dir.path(), &[("BIZCALL_ADMIN__TOKEN", ADMIN)]);
+    let base = server.base();
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    let bin = common::bin().to_string();
+    let script = js_dir().join("admin_console.mjs");
+    let (base2, artifacts2) = (base.clone(), artifacts.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args([
+                base2.as_str(),
+                ADMIN,
+                bin.as_str(),
+                artifacts2.to_str().unwrap(),
+            ])
+            .current_dir(js_dir())
+            .env("CHROMIUM", chromium)
+            .output()
+            .expect("node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "console test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("PAGEERROR"), "{stdout}");
+    assert!(!stdout.contains("CSPBLOCKED"), "{stdout}");
+    let seq = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DONE "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+
+    // What the page did is what the API says.
+    let trail: serde_json::Value = common::http()
+        .get(format!("{base}/api/admin/calls/{seq}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trail["trail"]["verdict"], "acknowledged", "{trail}");
+    assert_eq!(trail["trail"]["firstAck"]["label"], "프런트 태블릿");
+    // The token never reached the server's log (it travels in a body once,
+    // and in the URL fragment only).
+    let log = server.log_text();
+    assert!(!log.contains("bzc_"), "a token in the log:\n{log}");
+    for shot in [
+        "admin-token-issued.png",
+        "admin-stores-laptop.png",
+        "admin-call-trail-laptop.png",
+        "admin-stores-ipad-landscape.png",
+        "admin-call-trail-ipad-portrait.png",
+    ] {
+        assert!(artifacts.join(shot).is_file(), "{shot}");
+    }
+}
