@@ -529,7 +529,7 @@ impl Inner {
     }
 
     /// Publishes one event on `link` and waits for the broker's confirm.
-    async fn publish_on(&self, link: &Link, event: &BusEvent) -> Result<(), BusError> {
+    async fn publish_on<E: Outgoing>(&self, link: &Link, event: &E) -> Result<(), BusError> {
         let left = event.time_left(Utc::now());
         if left.is_zero() {
             m::expired_before_delivery();
@@ -564,12 +564,12 @@ impl Inner {
         }
     }
 
-    fn keep(&self, event: &BusEvent) {
+    fn keep<E: Outgoing>(&self, event: &E) {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         if outbox.len() >= OUTBOX_CAPACITY {
             outbox.pop_front();
         }
-        outbox.push_back(event.clone());
+        outbox.push_back(event.to_bus_event());
     }
 
     /// Republishes what failed while the broker was away, if still live.
@@ -616,28 +616,94 @@ pub fn message_properties(
 }
 
 impl AmqpBus {
-    async fn publish_event(&self, event: BusEvent) -> Result<(), BusError> {
+    /// Publishes and waits for the confirm; on failure the event is kept
+    /// (copied only then) for a later republish.
+    async fn publish_event<E: Outgoing>(&self, event: &E) -> Result<(), BusError> {
         let link = self.inner.link.read().await.clone();
         let result = match link {
-            Some(link) => self.inner.publish_on(&link, &event).await,
+            Some(link) => self.inner.publish_on(&link, event).await,
             None => Err(BusError::Unavailable("RabbitMQ is reconnecting".into())),
         };
         if result.is_err() {
             m::publish_failed();
-            self.inner.keep(&event);
+            self.inner.keep(event);
         }
         result
+    }
+}
+
+/// What can be published: a call event, a handled event, or either one
+/// kept in the outbox.
+trait Outgoing: Sync {
+    fn call_id(&self) -> &str;
+    fn published_at(&self) -> chrono::DateTime<Utc>;
+    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration;
+    fn to_json(&self) -> String;
+    fn to_bus_event(&self) -> BusEvent;
+}
+
+impl Outgoing for CallEvent {
+    fn call_id(&self) -> &str {
+        &self.call_id
+    }
+    fn published_at(&self) -> chrono::DateTime<Utc> {
+        self.published_at
+    }
+    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration {
+        CallEvent::time_left(self, now)
+    }
+    fn to_json(&self) -> String {
+        CallEvent::to_json(self)
+    }
+    fn to_bus_event(&self) -> BusEvent {
+        BusEvent::Call(self.clone())
+    }
+}
+
+impl Outgoing for HandledEvent {
+    fn call_id(&self) -> &str {
+        &self.call_id
+    }
+    fn published_at(&self) -> chrono::DateTime<Utc> {
+        self.at
+    }
+    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration {
+        HandledEvent::time_left(self, now)
+    }
+    fn to_json(&self) -> String {
+        HandledEvent::to_json(self)
+    }
+    fn to_bus_event(&self) -> BusEvent {
+        BusEvent::Handled(self.clone())
+    }
+}
+
+impl Outgoing for BusEvent {
+    fn call_id(&self) -> &str {
+        BusEvent::call_id(self)
+    }
+    fn published_at(&self) -> chrono::DateTime<Utc> {
+        BusEvent::published_at(self)
+    }
+    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration {
+        BusEvent::time_left(self, now)
+    }
+    fn to_json(&self) -> String {
+        BusEvent::to_json(self)
+    }
+    fn to_bus_event(&self) -> BusEvent {
+        self.clone()
     }
 }
 
 #[async_trait]
 impl Bus for AmqpBus {
     async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
-        self.publish_event(BusEvent::Call(event.clone())).await
+        self.publish_event(event).await
     }
 
     async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
-        self.publish_event(BusEvent::Handled(event.clone())).await
+        self.publish_event(event).await
     }
 
     fn state(&self) -> BusState {
