@@ -170,9 +170,22 @@ pub enum AckMode {
     Manual,
 }
 
+/// The kind of the dead-letter queue (docs/rabbitmq.md, "Dead letters").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated over the cluster's nodes: survives the loss of one.
+    Quorum,
+    /// On one node only (what bizcall declared before quorum queues).
+    Classic,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
+    /// One broker URL, or a cluster's nodes: a TOML list, or one string
+    /// with the URLs separated by commas. Kept here as that string.
+    #[serde(deserialize_with = "url_list")]
     pub url: String,
     pub exchange: String,
     pub queue_prefix: String,
@@ -189,6 +202,50 @@ pub struct AmqpConfig {
     pub dead_letter: bool,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    pub dead_letter_queue_type: QueueType,
+    pub tls: AmqpTlsConfig,
+}
+
+impl AmqpConfig {
+    /// The broker nodes in `url`, in the order written.
+    pub fn nodes(&self) -> Vec<String> {
+        self.url
+            .split([',', ' ', '\n', '\t'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// TLS for `amqps://` nodes. The system's root certificates are always
+/// trusted; `ca_file` adds to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpTlsConfig {
+    /// PEM certificates (a private CA) trusted besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (and its chain) for brokers that ask for one.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name checked against the broker's certificate (and sent as
+    /// SNI) instead of the URL's host.
+    pub server_name: Option<String>,
+}
+
+/// `amqp.url` as one string or a list of strings.
+fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    })
 }
 
 impl Default for AmqpConfig {
@@ -206,6 +263,8 @@ impl Default for AmqpConfig {
             dead_letter: false,
             dead_letter_exchange: "bizcall-dlx".into(),
             dead_letter_queue: "bizcall-dlq".into(),
+            dead_letter_queue_type: QueueType::Quorum,
+            tls: AmqpTlsConfig::default(),
         }
     }
 }
@@ -453,6 +512,37 @@ impl Config {
         }
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch", "must be at least 1");
+        }
+        let nodes = self.amqp.nodes();
+        if nodes.is_empty() {
+            return bad("amqp.url", "names no broker");
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            match url::Url::parse(node) {
+                Ok(u) if matches!(u.scheme(), "amqp" | "amqps") && u.host_str().is_some() => {}
+                _ => {
+                    return bad(
+                        "amqp.url",
+                        &format!(
+                            "node {} of {} is not an amqp:// or amqps:// URL with a host (a list separates URLs with commas; write a comma in a password as %2C)",
+                            i + 1,
+                            nodes.len()
+                        ),
+                    )
+                }
+            }
+        }
+        let tls = &self.amqp.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return bad(
+                "amqp.tls.cert_file",
+                "amqp.tls.cert_file and amqp.tls.key_file go together: set both or neither",
+            );
+        }
+        if tls.server_name.as_deref().is_some_and(|n| {
+            n.is_empty() || rustls_connector::rustls::pki_types::ServerName::try_from(n).is_err()
+        }) {
+            return bad("amqp.tls.server_name", "is not a host name or IP address");
         }
         if !(self.database.url.starts_with("sqlite:")
             || self.database.url.starts_with("postgres://")

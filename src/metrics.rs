@@ -216,6 +216,10 @@ pub fn expired_before_delivery() {
 pub fn reconnected() {
     counter!("bizcall_bus_reconnects_total").increment(1);
 }
+/// 1 for the broker node the bus is connected to, 0 for the others.
+pub fn bus_node(node: &str, current: bool) {
+    gauge!("bizcall_bus_node", "node" => node.to_string()).set(if current { 1.0 } else { 0.0 });
+}
 pub fn bus_connected(up: bool) {
     gauge!("bizcall_bus_connected").set(if up { 1.0 } else { 0.0 });
 }

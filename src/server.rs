@@ -443,7 +443,13 @@ pub fn describe_bus(config: &Config) -> String {
         BusKind::Local => "in-process (one instance)".into(),
         BusKind::Amqp => format!(
             "RabbitMQ {}, exchange {}",
-            without_password(&config.amqp.url),
+            config
+                .amqp
+                .nodes()
+                .iter()
+                .map(|n| without_password(n))
+                .collect::<Vec<_>>()
+                .join(", "),
             config.amqp.exchange
         ),
     }

@@ -4,7 +4,8 @@
 //! reconnect loop of our own that declares the topology afresh each time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,15 +18,18 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::AsyncTcpStream;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use rand::Rng;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
+use super::tls::{self, Tls};
 use super::{Bus, BusError, BusState, EventHandler, Handled};
 use crate::call::{BusEvent, CallEvent, HandledEvent};
-use crate::config::{AckMode, AmqpConfig, Config};
+use crate::config::{AckMode, AmqpConfig, Config, QueueType};
 use crate::metrics as m;
 
 /// How long a publish waits for the broker's confirm before it counts as
@@ -37,6 +41,9 @@ const OUTBOX_CAPACITY: usize = 10_000;
 /// Reconnect delays: exponential from the first to the cap, with jitter.
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 const RECONNECT_CAP: Duration = Duration::from_secs(10);
+/// Time one node has to accept a connection, finish TLS and AMQP's
+/// handshake; then the next node is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the broker could not be used, each with its own line for people.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,10 @@ pub enum LinkError {
     Credentials { broker: String },
     #[error("RabbitMQ at {broker}: {detail}")]
     Refused { broker: String, detail: String },
+    #[error("RabbitMQ at {broker}: {detail}")]
+    Tls { broker: String, detail: String },
+    #[error("amqp.tls: {0}")]
+    TlsSettings(String),
     #[error("RabbitMQ unreachable at {broker}: {detail}; retrying")]
     Unreachable { broker: String, detail: String },
 }
@@ -72,8 +83,8 @@ pub fn broker_address(url: &str) -> String {
     }
 }
 
-pub(crate) fn classify(err: &lapin::Error, config: &AmqpConfig) -> LinkError {
-    let broker = broker_address(&config.url);
+pub(crate) fn classify(err: &lapin::Error, config: &AmqpConfig, node: &str) -> LinkError {
+    let broker = broker_address(node);
     if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
         let text = amqp.get_message().to_string();
         match amqp.kind() {
@@ -117,12 +128,22 @@ struct Link {
     publish: Channel,
     consume: Channel,
     queue: String,
+    /// The node's address, without credentials (`amqp://host:port`).
+    node: String,
 }
 
 struct Inner {
     config: AmqpConfig,
+    tls: Option<Arc<Tls>>,
+    /// `amqp.url`'s nodes, rotated by a random offset so that instances
+    /// with the same list spread over the cluster.
+    nodes: Vec<String>,
+    /// The node tried first next time: the one after the last in use.
+    cursor: AtomicUsize,
     handler: Arc<dyn EventHandler>,
     link: RwLock<Option<Arc<Link>>>,
+    /// The node of the live link, for `/readyz`.
+    node: Mutex<Option<String>>,
     connected: AtomicBool,
     /// Events whose publish failed, republished on reconnection while live.
     outbox: Mutex<VecDeque<BusEvent>>,
@@ -144,17 +165,32 @@ impl AmqpBus {
         config: &Config,
         handler: Arc<dyn EventHandler>,
     ) -> anyhow::Result<Arc<dyn Bus>> {
+        let tls = load_tls(&config.amqp).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut nodes = config.amqp.nodes();
+        let offset = rand::rng().random_range(0..nodes.len().max(1));
+        nodes.rotate_left(offset);
         let inner = Arc::new(Inner {
             config: config.amqp.clone(),
+            tls,
+            nodes,
+            cursor: AtomicUsize::new(0),
             handler,
             link: RwLock::new(None),
+            node: Mutex::new(None),
             connected: AtomicBool::new(false),
             outbox: Mutex::new(VecDeque::new()),
             ttl: config.bus.message_ttl,
             stop: CancellationToken::new(),
         });
         m::bus_connected(false);
-        let first = match connect(&inner.config).await {
+        for node in &inner.nodes {
+            m::bus_node(&broker_address(node), false);
+        }
+        // At start every node is tried once: the first that answers is
+        // used; when none does, a setting no retry can fix (credentials,
+        // TLS, the exchange's type) stops the start, anything else is
+        // retried in the background.
+        let first = match inner.connect_any(true).await {
             Ok(link) => Some(link),
             Err(e) if e.is_fatal() => return Err(anyhow::anyhow!("{e}")),
             Err(e) => {
@@ -170,43 +206,219 @@ impl AmqpBus {
     }
 }
 
-/// Opens a connection and declares the whole topology.
-pub(crate) async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), LinkError> {
-    let fail = |e: lapin::Error| classify(&e, config);
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("bizcall {}", env!("CARGO_PKG_VERSION")).into());
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&config.url, props),
-    )
-    .await
-    .map_err(|_| LinkError::Unreachable {
-        broker: broker_address(&config.url),
-        detail: "no answer within 10s".into(),
-    })?
-    .map_err(fail)?;
-    let channel = conn.create_channel().await.map_err(fail)?;
-    Ok((conn, channel))
+/// The TLS settings, loaded once: an unusable one stops the start.
+pub(crate) fn load_tls(config: &AmqpConfig) -> Result<Option<Arc<Tls>>, LinkError> {
+    Tls::load(config)
+        .map_err(|e| LinkError::TlsSettings(e.trim_start_matches("amqp.tls: ").to_string()))
 }
 
-async fn connect(config: &AmqpConfig) -> Result<Link, LinkError> {
-    let fail = |e: lapin::Error| classify(&e, config);
-    let (conn, publish) = open(config).await?;
+/// Opens a connection to the first of `config`'s nodes that answers and a
+/// channel on it (the `bizcall dlq` commands).
+pub(crate) async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), LinkError> {
+    let tls = load_tls(config)?;
+    let mut first_error = None;
+    for node in config.nodes() {
+        match open_node(&node, config, tls.as_ref()).await {
+            Ok(conn) => {
+                let channel = conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| classify(&e, config, &node))?;
+                return Ok((conn, channel));
+            }
+            Err(e) => {
+                tracing::debug!("{e}");
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f: &LinkError| !f.is_fatal())
+                {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| LinkError::Unreachable {
+        broker: "amqp.url".into(),
+        detail: "no node listed".into(),
+    }))
+}
+
+/// Opens a connection to one node: TCP, TLS for `amqps://` (amqp.tls),
+/// then AMQP's handshake, all within `CONNECT_TIMEOUT`.
+pub(crate) async fn open_node(
+    node: &str,
+    config: &AmqpConfig,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Connection, LinkError> {
+    let broker = broker_address(node);
+    let uri: AMQPUri = node.parse().map_err(|e: String| LinkError::Refused {
+        broker: broker.clone(),
+        detail: format!("amqp.url is not a usable URL ({})", e.replace(node, "…")),
+    })?;
+    let host = uri.authority.host.clone();
+    let port = uri.authority.port;
+    let session = match uri.scheme {
+        AMQPScheme::AMQP => None,
+        AMQPScheme::AMQPS => {
+            let tls = tls.ok_or_else(|| {
+                LinkError::TlsSettings("no TLS configuration could be loaded".into())
+            })?;
+            Some(Arc::new(
+                tls.session(&host).map_err(LinkError::TlsSettings)?,
+            ))
+        }
+    };
+    let tls_failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let runtime = lapin::runtime::default_runtime().map_err(|e| LinkError::Unreachable {
+        broker: broker.clone(),
+        detail: e.to_string(),
+    })?;
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("bizcall {}", env!("CARGO_PKG_VERSION")).into());
+    let connect = {
+        let session = session.clone();
+        let tls_failure = tls_failure.clone();
+        let host = host.clone();
+        async move |_uri: AMQPUri, runtime| {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect();
+            let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+            match &session {
+                None => Ok(stream),
+                Some(s) => match stream.into_rustls(&s.connector, &s.server_name).await {
+                    Ok(stream) => Ok(stream),
+                    Err(e) => {
+                        if let Some(why) = tls::explain(&e, s) {
+                            *tls_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        }
+                        Err(e.into())
+                    }
+                },
+            }
+        }
+    };
+    let attempt = Connection::connector(uri, runtime, connect, props);
+    let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
+    let recorded = tls_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(detail) = recorded {
+        return Err(LinkError::Tls { broker, detail });
+    }
+    let err = match result {
+        Ok(Ok(conn)) => return Ok(conn),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            if session.is_none() && speaks_tls(&host, port, tls).await {
+                return Err(expects_tls(broker));
+            }
+            return Err(LinkError::Unreachable {
+                broker,
+                detail: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            });
+        }
+    };
+    // TLS trouble that shows only after the handshake: a TLS 1.3 broker
+    // refuses a missing client certificate with its first record.
+    if let (Some(s), lapin::ErrorKind::IOError(io)) = (&session, err.kind()) {
+        if let Some(detail) = tls::explain(io, s) {
+            return Err(LinkError::Tls { broker, detail });
+        }
+    }
+    let classified = classify(&err, config, node);
+    if session.is_none()
+        && matches!(classified, LinkError::Unreachable { .. })
+        && speaks_tls(&host, port, tls).await
+    {
+        return Err(expects_tls(broker));
+    }
+    Err(classified)
+}
+
+/// A refusal of rights (ACCESS_REFUSED): no retry fixes it.
+fn is_access_refused(e: &LinkError) -> bool {
+    matches!(e, LinkError::Refused { detail, .. } if detail.contains("ACCESS_REFUSED"))
+}
+
+fn expects_tls(broker: String) -> LinkError {
+    LinkError::Tls {
+        broker,
+        detail: "that port speaks TLS: use amqps:// (or the broker's plain port, usually 5672)"
+            .into(),
+    }
+}
+
+/// Whether a TLS handshake at `host:port` gets as far as the server's
+/// answer (asked after an `amqp://` connection failed there).
+async fn speaks_tls(host: &str, port: u16, tls: Option<&Arc<Tls>>) -> bool {
+    let Some(session) = tls.and_then(|t| t.session(host).ok()) else {
+        return false;
+    };
+    let probe = async {
+        let runtime = lapin::runtime::default_runtime().ok()?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
+        let stream = AsyncTcpStream::connect(&runtime, addrs).await.ok()?;
+        Some(
+            match stream
+                .into_rustls(&session.connector, &session.server_name)
+                .await
+            {
+                Ok(_) => true,
+                Err(e) => tls::tls_error(&e).is_some_and(|e| {
+                    !matches!(
+                        e,
+                        rustls_connector::rustls::Error::InvalidMessage(_)
+                            | rustls_connector::rustls::Error::InappropriateMessage { .. }
+                    )
+                }),
+            },
+        )
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// Opens a connection to `node` and declares the whole topology.
+async fn connect(inner: &Inner, node: &str) -> Result<Link, LinkError> {
+    let config = &inner.config;
+    let fail = |e: lapin::Error| classify(&e, config, node);
+    let conn = open_node(node, config, inner.tls.as_ref()).await?;
+    let publish = conn.create_channel().await.map_err(fail)?;
     declare_exchange(&publish, config).await.map_err(fail)?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(fail)?;
 
-    let consume = conn.create_channel().await.map_err(fail)?;
     let mut args = FieldTable::default();
     if config.dead_letter {
-        declare_dead_letter(&consume, config).await.map_err(fail)?;
+        // A quorum queue answers only while a majority of its nodes is up:
+        // popups must not wait for it, so a slow or failed declaration is
+        // logged and the link goes on (dead letters still reach the
+        // exchange, and its queue once declared).
+        match tokio::time::timeout(CONFIRM_TIMEOUT, declare_dead_letter(&conn, config)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let e = fail(e);
+                if is_access_refused(&e) {
+                    return Err(e);
+                }
+                tracing::warn!(queue = %config.dead_letter_queue, broker = %broker_address(node), "dead-letter queue not declared now: {e}");
+            }
+            Err(_) => tracing::warn!(
+                queue = %config.dead_letter_queue,
+                broker = %broker_address(node),
+                "dead-letter queue not declared now: no answer within {}s (is a majority of its nodes up?)",
+                CONFIRM_TIMEOUT.as_secs()
+            ),
+        }
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(config.dead_letter_exchange.as_str().into()),
         );
     }
+    let consume = conn.create_channel().await.map_err(fail)?;
     // A new name on every connection: an old queue of ours that the broker
     // has not yet dropped must not lock us out.
     let queue = format!("{}-{}", config.queue_prefix, uuid::Uuid::new_v4());
@@ -242,6 +454,7 @@ async fn connect(config: &AmqpConfig) -> Result<Link, LinkError> {
         publish,
         consume,
         queue,
+        node: broker_address(node),
     })
 }
 
@@ -260,8 +473,12 @@ pub async fn declare_exchange(channel: &Channel, config: &AmqpConfig) -> lapin::
         .await
 }
 
-/// The durable dead-letter exchange (fanout) and queue, bound together.
-pub async fn declare_dead_letter(channel: &Channel, config: &AmqpConfig) -> lapin::Result<()> {
+/// The durable dead-letter exchange (fanout) and queue, bound together,
+/// on a channel of their own. The queue is a quorum queue unless
+/// `amqp.dead_letter_queue_type = "classic"`; one that already exists with
+/// the other type is kept as it is (docs/rabbitmq.md, "Dead letters").
+pub async fn declare_dead_letter(conn: &Connection, config: &AmqpConfig) -> lapin::Result<()> {
+    let mut channel = conn.create_channel().await?;
     channel
         .exchange_declare(
             config.dead_letter_exchange.as_str().into(),
@@ -273,16 +490,39 @@ pub async fn declare_dead_letter(channel: &Channel, config: &AmqpConfig) -> lapi
             FieldTable::default(),
         )
         .await?;
-    channel
+    let mut args = FieldTable::default();
+    if config.dead_letter_queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    let declared = channel
         .queue_declare(
             config.dead_letter_queue.as_str().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
-        .await?;
+        .await;
+    match declared {
+        Ok(_) => {}
+        Err(e) if is_queue_type_clash(&e) => {
+            // The queue was declared with the other type (an older bizcall
+            // made classic ones): keep it rather than refuse to start.
+            tracing::warn!(
+                queue = %config.dead_letter_queue,
+                wanted = ?config.dead_letter_queue_type,
+                "the dead-letter queue exists with another type and is kept as it is; \
+                 to change it, empty it (bizcall dlq replay or purge), delete it on the broker \
+                 and restart, or set amqp.dead_letter_queue_type to its type"
+            );
+            channel = conn.create_channel().await?;
+        }
+        Err(e) => return Err(e),
+    }
     channel
         .queue_bind(
             config.dead_letter_queue.as_str().into(),
@@ -291,7 +531,16 @@ pub async fn declare_dead_letter(channel: &Channel, config: &AmqpConfig) -> lapi
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await
+        .await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// A declaration refused because the queue exists with another type.
+fn is_queue_type_clash(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+            && amqp.get_message().as_str().contains("x-queue-type"))
 }
 
 /// Keeps a link up: consume while it lives, reconnect with capped
@@ -309,7 +558,7 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
                     _ = inner.stop.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                match connect(&inner.config).await {
+                match inner.connect_any(failures == 1).await {
                     Ok(link) => link,
                     Err(e) => {
                         // Say it once per outage, then quietly keep trying.
@@ -328,10 +577,12 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
             m::reconnected();
         }
         first = false;
-        tracing::info!(queue = %link.queue, broker = %broker_address(&inner.config.url), "RabbitMQ connected");
+        tracing::info!(queue = %link.queue, broker = %link.node, "RabbitMQ connected");
         *inner.link.write().await = Some(link.clone());
+        *inner.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.node.clone());
         inner.connected.store(true, Ordering::SeqCst);
         m::bus_connected(true);
+        m::bus_node(&link.node, true);
         inner.flush_outbox(&link).await;
         if reconnected {
             inner.handler.resync().await;
@@ -340,6 +591,8 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
         let reason = inner.consume(&link).await;
         inner.connected.store(false, Ordering::SeqCst);
         m::bus_connected(false);
+        m::bus_node(&link.node, false);
+        *inner.node.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *inner.link.write().await = None;
         if inner.stop.is_cancelled() {
             let _ = link
@@ -349,7 +602,7 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
             let _ = link.conn.close(200, "bizcall stopping".into()).await;
             return;
         }
-        tracing::warn!(reason = %reason, "RabbitMQ link lost; reconnecting");
+        tracing::warn!(reason = %reason, broker = %link.node, "RabbitMQ link lost; reconnecting to the next node");
         let _ = link.conn.close(200, "reconnecting".into()).await;
     }
 }
@@ -363,6 +616,44 @@ fn backoff(failures: u32) -> Duration {
 }
 
 impl Inner {
+    /// Tries each node once, from the cursor on; the one that answers
+    /// becomes the current node and the cursor moves past it, so that the
+    /// next reconnection starts with another node. Returns the most
+    /// telling error when none answers (`log_each`: log every node's).
+    async fn connect_any(&self, log_each: bool) -> Result<Link, LinkError> {
+        let n = self.nodes.len().max(1);
+        let start = self.cursor.load(Ordering::SeqCst);
+        let mut worst: Option<LinkError> = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let Some(node) = self.nodes.get(index) else {
+                break;
+            };
+            if self.stop.is_cancelled() {
+                break;
+            }
+            match connect(self, node).await {
+                Ok(link) => {
+                    self.cursor.store((index + 1) % n, Ordering::SeqCst);
+                    return Ok(link);
+                }
+                Err(e) => {
+                    if log_each && n > 1 {
+                        tracing::warn!("{e}");
+                    }
+                    if worst.as_ref().is_none_or(|w| !w.is_fatal()) {
+                        worst = Some(e);
+                    }
+                }
+            }
+        }
+        self.cursor.store((start + 1) % n, Ordering::SeqCst);
+        Err(worst.unwrap_or_else(|| LinkError::Unreachable {
+            broker: "amqp.url".into(),
+            detail: "no node listed".into(),
+        }))
+    }
+
     /// Consumes until the link or the instance stops; returns why.
     async fn consume(self: &Arc<Self>, link: &Arc<Link>) -> String {
         let no_ack = self.config.ack_mode == AckMode::None;
@@ -704,6 +995,14 @@ impl Bus for AmqpBus {
 
     async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
         self.publish_event(event).await
+    }
+
+    fn node(&self) -> Option<String> {
+        self.inner
+            .node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn state(&self) -> BusState {

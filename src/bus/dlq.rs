@@ -59,7 +59,10 @@ pub async fn list(config: &Config) -> anyhow::Result<Vec<DeadMessage>> {
                 BasicGetOptions { no_ack: false },
             )
             .await
-            .map_err(|e| classify(&e, &config.amqp))?
+            .map_err(|e| {
+                let nodes = config.amqp.nodes();
+                classify(&e, &config.amqp, nodes.first().map_or("", |n| n.as_str()))
+            })?
         else {
             break;
         };

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod dlq;
 pub mod local;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -80,6 +81,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError>;
 
     fn state(&self) -> BusState;
+
+    /// The broker node the link is on now (`amqp://host:port`), if any.
+    fn node(&self) -> Option<String> {
+        None
+    }
 
     /// Stops consuming and leaves the broker cleanly.
     async fn shutdown(&self);

@@ -19,6 +19,7 @@ pub async fn readyz(State(app): State<App>) -> Response {
     let body = serde_json::json!({
         "database": if db_up { "up" } else { "down" },
         "bus": app.bus.state().as_str(),
+        "bus_node": app.bus.node(),
         "draining": app.shutdown.is_cancelled(),
     });
     let status = if db_up && !app.shutdown.is_cancelled() {

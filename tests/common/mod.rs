@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod rabbit;
 pub mod relay;
 pub mod stomp;
 

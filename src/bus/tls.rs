@@ -1,0 +1,218 @@
+//! TLS for `amqps://` nodes (`amqp.tls`, docs/rabbitmq.md "TLS"): the
+//! system's root certificates plus an optional private CA, an optional
+//! client certificate, an optional name to check instead of the URL's host,
+//! and one line per failure that says what to change.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use lapin::tcp::RustlsConnector;
+use rustls_connector::rustls::client::danger::ServerCertVerifier;
+use rustls_connector::rustls::client::ResolvesClientCert;
+use rustls_connector::rustls::crypto::CryptoProvider;
+use rustls_connector::rustls::pki_types::pem::PemObject;
+use rustls_connector::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_connector::rustls::sign::CertifiedKey;
+use rustls_connector::rustls::{
+    self, AlertDescription, CertificateError, ClientConfig, SignatureScheme,
+};
+
+use crate::config::AmqpConfig;
+
+/// What `amqp.tls` resolves to, loaded once at start.
+pub struct Tls {
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+    identity: Option<Arc<CertifiedKey>>,
+    server_name: Option<String>,
+}
+
+/// One TLS attempt: its connector and whether the broker asked for a
+/// client certificate during the handshake.
+pub struct Session {
+    pub connector: RustlsConnector,
+    pub server_name: String,
+    pub asked_for_certificate: Arc<AtomicBool>,
+    pub has_identity: bool,
+}
+
+impl Tls {
+    /// Loads `amqp.tls`. `Ok(None)` when no node uses TLS, no setting is
+    /// made, and the system has no roots to load (plain AMQP still works).
+    pub fn load(config: &AmqpConfig) -> Result<Option<Arc<Tls>>, String> {
+        let wanted = config.nodes().iter().any(|n| n.starts_with("amqps:"))
+            || config.tls != Default::default();
+        match Tls::build(config) {
+            Ok(tls) => Ok(Some(Arc::new(tls))),
+            Err(e) if wanted => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn build(config: &AmqpConfig) -> Result<Tls, String> {
+        let settings = &config.tls;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut extra = Vec::new();
+        if let Some(path) = &settings.ca_file {
+            extra = read_certificates(path, "amqp.tls.ca_file")?;
+        }
+        let verifier = rustls_connector::rustls_platform_verifier::Verifier::new_with_extra_roots(
+            extra,
+            provider.clone(),
+        )
+        .map_err(|e| format!("amqp.tls: cannot load the trusted certificates: {e}"))?;
+        let identity = match (&settings.cert_file, &settings.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certificates(cert, "amqp.tls.cert_file")?;
+                let pem = std::fs::read(key).map_err(|e| {
+                    format!("amqp.tls.key_file {}: cannot read it: {e}", key.display())
+                })?;
+                let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+                    format!(
+                        "amqp.tls.key_file {}: no PEM private key in it",
+                        key.display()
+                    )
+                })?;
+                let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
+                    format!(
+                        "amqp.tls.key_file {} does not go with amqp.tls.cert_file {}: {e}",
+                        key.display(),
+                        cert.display()
+                    )
+                })?;
+                Some(Arc::new(certified))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "amqp.tls.cert_file and amqp.tls.key_file go together: set both or neither"
+                        .into(),
+                )
+            }
+        };
+        Ok(Tls {
+            provider,
+            verifier: Arc::new(verifier),
+            identity,
+            server_name: settings.server_name.clone(),
+        })
+    }
+
+    /// A connector for one connection to `host` (the URL's host).
+    pub fn session(&self, host: &str) -> Result<Session, String> {
+        let asked = Arc::new(AtomicBool::new(false));
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("amqp.tls: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone())
+            .with_client_cert_resolver(Arc::new(ClientIdentity {
+                key: self.identity.clone(),
+                asked: asked.clone(),
+            }));
+        Ok(Session {
+            connector: RustlsConnector::from(config),
+            server_name: self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
+            asked_for_certificate: asked,
+            has_identity: self.identity.is_some(),
+        })
+    }
+}
+
+fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{key} {}: not a PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key} {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Offers the configured client certificate, if any, and notes that the
+/// broker asked for one (so that its refusal can be explained).
+#[derive(Debug)]
+struct ClientIdentity {
+    key: Option<Arc<CertifiedKey>>,
+    asked: Arc<AtomicBool>,
+}
+
+impl ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
+/// The TLS error inside an I/O error, if there is one.
+pub fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
+    let mut inner: &(dyn std::error::Error + 'static) = err.get_ref()?;
+    loop {
+        if let Some(e) = inner.downcast_ref::<rustls::Error>() {
+            return Some(e);
+        }
+        if let Some(e) = inner.downcast_ref::<io::Error>() {
+            inner = e.get_ref()?;
+            continue;
+        }
+        inner = inner.source()?;
+    }
+}
+
+/// What to tell people about a failed TLS connection, or `None` when it
+/// is not a TLS matter (the broker is down, the network is cut).
+pub fn explain(err: &io::Error, session: &Session) -> Option<String> {
+    let asked = session.asked_for_certificate.load(Ordering::SeqCst);
+    let name = &session.server_name;
+    let e = tls_error(err)?;
+    Some(match e {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer => "its TLS certificate is signed by an unknown certificate authority: set amqp.tls.ca_file to that CA's PEM file".into(),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
+                "its TLS certificate is not valid for the name '{name}': connect by a name the certificate lists, or set amqp.tls.server_name to one"
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "its TLS certificate has expired: renew it on the broker (or check this machine's clock)".into(),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "its TLS certificate is not valid yet: check the certificate's dates and this machine's clock".into(),
+            CertificateError::Revoked => "its TLS certificate is revoked: the broker needs a new one".into(),
+            other => format!("its TLS certificate was refused ({other:?}): check the broker's certificate and amqp.tls.ca_file"),
+        },
+        rustls::Error::AlertReceived(alert) if !session.has_identity && (asked || is_client_cert_alert(*alert)) => format!(
+            "the broker requires a client certificate (TLS alert {alert:?}): set amqp.tls.cert_file and amqp.tls.key_file"
+        ),
+        rustls::Error::AlertReceived(alert) if session.has_identity && is_client_cert_alert(*alert) => format!(
+            "the broker refused the client certificate in amqp.tls.cert_file (TLS alert {alert:?}): use one signed by a CA the broker trusts"
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. } => "it does not speak TLS on this port: use amqp:// for a plain port, or the broker's TLS port (usually 5671) with amqps://".into(),
+        other => format!("TLS failed: {other}"),
+    })
+}
+
+fn is_client_cert_alert(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::CertificateRequired
+            | AlertDescription::HandshakeFailure
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::AccessDenied
+    )
+}
