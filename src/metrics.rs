@@ -64,6 +64,10 @@ fn describe() {
     describe_counter!("bizcall_bus_reconnects_total", "broker reconnections");
     describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
     describe_gauge!(
+        "bizcall_bus_node",
+        "1 for the RabbitMQ node (amqp://host:port) the bus is connected to, 0 for the other nodes of amqp.url"
+    );
+    describe_gauge!(
         "bizcall_tablets_connected",
         "tablets connected to this instance, by auth (token or anonymous)"
     );
