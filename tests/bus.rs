@@ -284,8 +284,10 @@ async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
     bus.publish(&event("m1", "s", Duration::from_secs(30)))
         .await
         .unwrap();
-    // m2 lives long enough for the broker's counts to be read in between.
-    bus.publish(&event("m2", "s", Duration::from_secs(8)))
+    // m2 lives long enough for the broker's counts to be read in between,
+    // even on a loaded machine where one `rabbitmqctl` call takes seconds
+    // (with 8 s it sometimes expired before the second count).
+    bus.publish(&event("m2", "s", Duration::from_secs(20)))
         .await
         .unwrap();
     recv(&mut rx).await;
@@ -300,7 +302,7 @@ async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
     })
     .await;
     // Nobody acknowledges m2: it is rejected when it expires, into the DLQ.
-    common::eventually(Duration::from_secs(20), "m2 rejected", || async {
+    common::eventually(Duration::from_secs(45), "m2 rejected", || async {
         broker.dlq_depth().await == 1
     })
     .await;
