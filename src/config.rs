@@ -857,4 +857,80 @@ mod tests {
             .to_string();
         assert!(err.contains("/nonexistent/b.toml"), "{err}");
     }
+
+    #[test]
+    fn amqp_url_takes_a_list_of_nodes() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "bizcall.toml",
+                "[amqp]\nurl = [\"amqps://u:p@mq1:5671/%2f\", \"amqps://u:p@mq2:5671/%2f\"]\n",
+            )?;
+            let c = Config::load(None).unwrap();
+            assert_eq!(
+                c.amqp.nodes(),
+                ["amqps://u:p@mq1:5671/%2f", "amqps://u:p@mq2:5671/%2f"]
+            );
+            jail.set_env(
+                "BIZCALL_AMQP__URL",
+                " amqp://a:1/%2f,amqp://b:2/%2f ,, amqp://a:1/%2f",
+            );
+            let c = Config::load(None).unwrap();
+            // Written order kept; a node listed twice is simply tried twice.
+            assert_eq!(
+                c.amqp.nodes(),
+                ["amqp://a:1/%2f", "amqp://b:2/%2f", "amqp://a:1/%2f"]
+            );
+            Ok(())
+        });
+        let mut c = Config::default();
+        for bad in [
+            "",
+            " , ",
+            "http://mq:5672",
+            "amqp://",
+            "javascript:alert(1)",
+            "amqp://u:p@mq:5672/%2f,mq2",
+        ] {
+            c.amqp.url = bad.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("configuration: amqp.url: "),
+                "{bad:?}: {err}"
+            );
+            assert!(!err.contains(":p@"), "no credentials echoed: {err}");
+        }
+        c.amqp.url = format!("amqp://u:p@{}:5672/%2f", "m".repeat(10_000));
+        assert!(c.validate().is_ok(), "a long host is the broker's business");
+    }
+
+    #[test]
+    fn amqp_tls_settings_are_checked() {
+        let mut c = Config::default();
+        c.amqp.tls.cert_file = Some("/etc/bizcall/client.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("amqp.tls.key_file"), "{err}");
+        c.amqp.tls.key_file = Some("/etc/bizcall/client.key".into());
+        assert!(c.validate().is_ok());
+        for bad in ["", "not a name", "mq..example", "mq\u{0}x"] {
+            c.amqp.tls.server_name = Some(bad.into());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("configuration: amqp.tls.server_name: "),
+                "{bad:?}: {err}"
+            );
+        }
+        for good in ["rabbit.internal.example", "10.0.0.7", "::1"] {
+            c.amqp.tls.server_name = Some(good.into());
+            assert!(c.validate().is_ok(), "{good}");
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "bizcall.toml",
+                "[amqp.tls]\nca_file = \"/x/ca.pem\"\nserver_name = \"mq\"\nsurprise = 1\n",
+            )?;
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("surprise"), "unknown keys are errors: {err}");
+            Ok(())
+        });
+    }
 }

@@ -1,0 +1,582 @@
+//! A RabbitMQ cluster of three nodes of the test's own (never the shared
+//! broker), three bizcall instances each listing all three nodes in a
+//! different order, 20 stores × 2 tablets spread over the instances, and
+//! CDRs at a steady rate while one node is stopped (`stop_app`), another is
+//! killed with SIGKILL, both come back, and all three restart in turn.
+//! Prints the summary table of tests/cluster.rs, plus reconnects per
+//! instance and the longest gap between popups per store; fails on any
+//! popup missed, duplicated, sent to another store or shown stale, and on
+//! any CDR answered `OK` but not stored.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::rabbit::{Listen, Nodes};
+use common::stomp::{Client, Polled};
+use common::{Backend, Broker, Instance, TestDb};
+use tokio_util::sync::CancellationToken;
+
+const STORES: usize = 20;
+const TABLETS_PER_STORE: usize = 2;
+const RATE_PER_SEC: u64 = 20;
+
+fn vn(store: usize) -> String {
+    format!("0507100{store:04}")
+}
+
+#[derive(Default)]
+struct TabletLog {
+    popups: HashMap<String, usize>,
+    /// When each popup arrived (for the gaps between them).
+    arrivals: Vec<Instant>,
+    recovered: HashSet<String>,
+    foreign: Vec<String>,
+    stale: Vec<String>,
+    reconnects: usize,
+    latencies_ms: Vec<f64>,
+}
+
+struct Tablet {
+    slug: String,
+    log: Arc<Mutex<TabletLog>>,
+}
+
+type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn run_tablet(
+    base: String,
+    slug: String,
+    token: String,
+    log: Arc<Mutex<TabletLog>>,
+    sent: SentAt,
+    stop: CancellationToken,
+) {
+    let ws = format!("{}/ws", base.replace("http://", "ws://"));
+    let mut first = true;
+    while !stop.is_cancelled() {
+        if !first {
+            log.lock().unwrap().reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        first = false;
+        let Some(mut c) = Client::try_open(&ws).await else {
+            continue;
+        };
+        c.send_raw(&format!(
+            "CONNECT\naccept-version:1.2\npasscode:{token}\nheart-beat:0,0\n\n\0"
+        ))
+        .await;
+        match c.poll(Duration::from_secs(5)).await {
+            Polled::Frame(f) if f.command == "CONNECTED" => {}
+            _ => continue,
+        }
+        c.send_raw(&format!(
+            "SUBSCRIBE\nid:0\ndestination:/topic/call-store/{slug}\nack:auto\nreceipt:s\n\n\0"
+        ))
+        .await;
+        match c.poll(Duration::from_secs(5)).await {
+            Polled::Frame(f) if f.command == "RECEIPT" => {}
+            _ => continue,
+        }
+        let list = common::http()
+            .get(format!("{base}/api/stores/{slug}/calls?limit=500"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        if let Ok(r) = list {
+            if let Ok(serde_json::Value::Array(calls)) = r.json::<serde_json::Value>().await {
+                let mut l = log.lock().unwrap();
+                for call in calls {
+                    if let Some(id) = call["callId"].as_str() {
+                        l.recovered.insert(id.to_string());
+                    }
+                }
+            }
+        }
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match c.poll(Duration::from_millis(500)).await {
+                Polled::Timeout => {}
+                Polled::Closed => break,
+                Polled::Frame(f) if f.command == "MESSAGE" => {
+                    let ev = f.json();
+                    let id = ev["callId"].as_str().unwrap_or("").to_string();
+                    let expires: DateTime<Utc> = ev["expiresAt"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_default();
+                    let mut l = log.lock().unwrap();
+                    if ev["store"] != slug.as_str() {
+                        l.foreign.push(id.clone());
+                    }
+                    if Utc::now() > expires {
+                        l.stale.push(id.clone());
+                    }
+                    if let Some(at) = sent.lock().unwrap().get(&id) {
+                        l.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    l.arrivals.push(Instant::now());
+                    *l.popups.entry(id).or_default() += 1;
+                }
+                Polled::Frame(_) => break,
+            }
+        }
+    }
+}
+
+/// Posts a CDR the way the provider does: until one instance answers `OK`.
+async fn provider_post(bases: &[String], first: usize, seq: &str, store: usize) -> bool {
+    let v = vn(store);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = first;
+    while Instant::now() < deadline {
+        let code = common::post_cdr(
+            &bases[i % bases.len()],
+            &[
+                ("seq", seq),
+                ("sdt", "20261122101500"),
+                ("fromn", "010-5555-0000"),
+                ("ton", "02"),
+                ("vn", &v),
+            ],
+        )
+        .await;
+        if code == 200 {
+            return true;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Runs blocking node work (rabbitmqctl, boot waits) off the runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+async fn say(started: Instant, what: &str) {
+    println!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_rabbitmq_nodes_lose_one_then_another() {
+    let started = Instant::now();
+    let nodes = Arc::new(Mutex::new(Nodes::new()));
+    blocking({
+        let nodes = nodes.clone();
+        move || {
+            let mut n = nodes.lock().unwrap();
+            for _ in 0..3 {
+                n.add(Listen::Plain);
+            }
+            n.wait_all();
+            n.cluster();
+        }
+    })
+    .await;
+    say(started, "three nodes up and clustered").await;
+    let urls: Vec<String> = nodes
+        .lock()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.url())
+        .collect();
+    let addresses: Vec<String> = nodes
+        .lock()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| format!("amqp://localhost:{}", n.port))
+        .collect();
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = Broker::new();
+    let pool = db.connect().await;
+    let mut tokens = Vec::new();
+    for s in 0..STORES {
+        let slug = format!("store{s:02}");
+        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
+        let mut t = Vec::new();
+        for _ in 0..TABLETS_PER_STORE {
+            t.push(pool.token_issue(&slug, "rabbit").await.unwrap().1);
+        }
+        tokens.push((slug, t));
+    }
+
+    // Each instance lists the three nodes in another order.
+    let orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
+    let dir = tempfile::tempdir().unwrap();
+    let mut instances = Vec::new();
+    for order in orders {
+        let mut env = broker.env();
+        env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
+        env.push(("BIZCALL_BUS__MESSAGE_TTL".into(), "5s".into()));
+        env.push(("BIZCALL_AMQP__DEAD_LETTER".into(), "true".into()));
+        let list: Vec<String> = order.iter().map(|i| urls[*i].clone()).collect();
+        env.push(("BIZCALL_AMQP__URL".into(), list.join(",")));
+        instances.push(Instance::spawn(dir.path(), &common::env_refs(&env)));
+    }
+    let bases: Vec<String> = instances.iter().map(|i| i.base()).collect();
+    let wait_all_up = |why: &'static str| {
+        let bases = bases.clone();
+        async move {
+            for base in &bases {
+                common::eventually(Duration::from_secs(120), why, || {
+                    let base = base.clone();
+                    async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
+                })
+                .await;
+            }
+        }
+    };
+    wait_all_up("every instance on a node").await;
+    for base in &bases {
+        let ready: serde_json::Value = common::http()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let node = ready["bus_node"].as_str().unwrap_or("").to_string();
+        assert!(addresses.contains(&node), "{ready}");
+    }
+
+    // The fanout and dead-letter exchanges and the quorum dead-letter
+    // queue are durable and seen from every node; the instances' queues
+    // are exclusive and auto-delete.
+    for node in nodes.lock().unwrap().nodes.iter() {
+        let exchanges = node.ctl_ok(&[
+            "list_exchanges",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "type",
+            "durable",
+        ]);
+        for x in [&broker.exchange, &broker.dlx] {
+            assert!(
+                exchanges.contains(&format!("{x}\tfanout\ttrue")),
+                "{x} on {}: {exchanges}",
+                node.name
+            );
+        }
+        let queues = node.ctl_ok(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "type",
+            "durable",
+            "exclusive",
+            "auto_delete",
+        ]);
+        assert!(
+            queues
+                .lines()
+                .any(|l| l.starts_with(&format!("{}\tquorum\ttrue\t", broker.dlq))),
+            "{queues}"
+        );
+        let ours: Vec<&str> = queues
+            .lines()
+            .filter(|l| l.starts_with(&broker.prefix))
+            .collect();
+        assert_eq!(ours.len(), 3, "{queues}");
+        assert!(
+            ours.iter()
+                .all(|l| l.ends_with("classic\tfalse\ttrue\ttrue")),
+            "{ours:?}"
+        );
+    }
+    let members = nodes.lock().unwrap().nodes[0].ctl_ok(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "members",
+    ]);
+    let members = members
+        .lines()
+        .find(|l| l.starts_with(&broker.dlq))
+        .unwrap_or("")
+        .to_string();
+    for node in nodes.lock().unwrap().nodes.iter() {
+        assert!(
+            members.contains(&node.name),
+            "the dead-letter queue has a member on {}: {members}",
+            node.name
+        );
+    }
+    println!("dead-letter queue members: {}", members.trim());
+
+    // Tablets: spread over the instances.
+    let sent: SentAt = Arc::default();
+    let stop = CancellationToken::new();
+    let mut tablets = Vec::new();
+    let mut tasks = Vec::new();
+    let mut k = 0;
+    for (slug, toks) in &tokens {
+        for tok in toks {
+            let log: Arc<Mutex<TabletLog>> = Arc::default();
+            tablets.push(Tablet {
+                slug: slug.clone(),
+                log: log.clone(),
+            });
+            tasks.push(tokio::spawn(run_tablet(
+                bases[k % bases.len()].clone(),
+                slug.clone(),
+                tok.clone(),
+                log,
+                sent.clone(),
+                stop.clone(),
+            )));
+            k += 1;
+        }
+    }
+    common::eventually(Duration::from_secs(60), "all tablets connected", || async {
+        let mut n = 0.0;
+        for b in &bases {
+            n += common::metric(b, "bizcall_tablets_connected").await;
+        }
+        n == (STORES * TABLETS_PER_STORE) as f64
+    })
+    .await;
+
+    // The provider: a steady stream of CDRs until told to stop.
+    let stop_posting = CancellationToken::new();
+    let provider = {
+        let bases = bases.clone();
+        let sent = sent.clone();
+        let stop_posting = stop_posting.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(1000 / RATE_PER_SEC));
+            let mut posts = Vec::new();
+            let mut n = 0usize;
+            while !stop_posting.is_cancelled() {
+                ticker.tick().await;
+                n += 1;
+                let seq = format!("rc{n:05}");
+                let store = (n * 13) % STORES;
+                sent.lock().unwrap().insert(seq.clone(), Instant::now());
+                let bases = bases.clone();
+                posts.push(tokio::spawn(async move {
+                    let done = provider_post(&bases, n, &seq, store).await;
+                    (seq, store, done)
+                }));
+            }
+            let mut ok = Vec::new();
+            let mut lost = Vec::new();
+            for p in posts {
+                let (seq, store, done) = p.await.unwrap();
+                if done {
+                    ok.push((seq, store));
+                } else {
+                    lost.push(seq);
+                }
+            }
+            (n, ok, lost)
+        })
+    };
+    let settle = || tokio::time::sleep(Duration::from_secs(8));
+    settle().await;
+
+    // 1. Node 1 stops its application: its clients are disconnected.
+    say(started, "stop_app on node 1").await;
+    blocking({
+        let nodes = nodes.clone();
+        move || {
+            nodes.lock().unwrap().nodes[0].ctl_ok(&["stop_app"]);
+        }
+    })
+    .await;
+    wait_all_up("instances moved off node 1").await;
+    settle().await;
+
+    // 2. Node 2's Erlang VM is killed outright: two of three nodes down.
+    say(started, "SIGKILL to node 2").await;
+    blocking({
+        let nodes = nodes.clone();
+        move || nodes.lock().unwrap().nodes[1].kill()
+    })
+    .await;
+    wait_all_up("instances moved off node 2").await;
+    settle().await;
+
+    // 3. Both come back.
+    say(started, "start_app on node 1, node 2 started again").await;
+    blocking({
+        let nodes = nodes.clone();
+        move || {
+            let mut n = nodes.lock().unwrap();
+            n.nodes[0].ctl_ok(&["start_app"]);
+            n.nodes[1].spawn();
+            n.nodes[1].wait_up();
+            n.nodes[0].wait_up();
+        }
+    })
+    .await;
+    say(started, "nodes 1 and 2 back").await;
+    settle().await;
+
+    // 4. A rolling restart: each node stopped and started again in turn.
+    for i in 0..3 {
+        say(started, &format!("rolling restart: node {}", i + 1)).await;
+        blocking({
+            let nodes = nodes.clone();
+            move || {
+                let mut n = nodes.lock().unwrap();
+                n.nodes[i].stop();
+                n.nodes[i].spawn();
+                n.nodes[i].wait_up();
+            }
+        })
+        .await;
+        wait_all_up("instances up after a restart").await;
+        settle().await;
+    }
+    say(started, "rolling restart done").await;
+
+    stop_posting.cancel();
+    let (n, ok, lost) = provider.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    let mut missing_rows = Vec::new();
+    for (seq, _) in &ok {
+        if pool.call(seq).await.unwrap().is_none() {
+            missing_rows.push(seq.clone());
+        }
+    }
+    let by_store: HashMap<usize, Vec<&String>> =
+        ok.iter().fold(HashMap::new(), |mut m, (seq, s)| {
+            m.entry(*s).or_default().push(seq);
+            m
+        });
+    let (mut delivered, mut recovered_only, mut missed, mut dups, mut foreign, mut stale) =
+        (0, 0, 0, 0, 0, 0);
+    let mut tablet_reconnects = 0;
+    let mut missed_examples = Vec::new();
+    let mut lat: Vec<f64> = Vec::new();
+    let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
+    for t in &tablets {
+        let l = t.log.lock().unwrap();
+        let store: usize = t.slug.trim_start_matches("store").parse().unwrap();
+        dups += l.popups.values().filter(|c| **c > 1).count();
+        foreign += l.foreign.len();
+        stale += l.stale.len();
+        tablet_reconnects += l.reconnects;
+        lat.extend(&l.latencies_ms);
+        arrivals
+            .entry(t.slug.clone())
+            .or_default()
+            .extend(&l.arrivals);
+        for seq in by_store.get(&store).into_iter().flatten() {
+            if l.popups.contains_key(*seq) {
+                delivered += 1;
+            } else if l.recovered.contains(*seq) {
+                recovered_only += 1;
+            } else {
+                missed += 1;
+                if missed_examples.len() < 5 {
+                    missed_examples.push(format!("{} missed {seq}", t.slug));
+                }
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((lat.len() - 1) as f64 * p) as usize]
+        }
+    };
+    let mut reconnects = Vec::new();
+    for b in &bases {
+        reconnects.push(common::metric(b, "bizcall_bus_reconnects_total").await as u64);
+    }
+    let mut gaps: Vec<(String, f64)> = arrivals
+        .into_iter()
+        .map(|(slug, mut at)| {
+            at.sort();
+            let gap = at
+                .windows(2)
+                .map(|w| (w[1] - w[0]).as_secs_f64())
+                .fold(0.0, f64::max);
+            (slug, gap)
+        })
+        .collect();
+    gaps.sort_by(|a, b| a.0.cmp(&b.0));
+
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| CDRs sent | {n} |");
+    println!("| CDRs answered OK | {} |", ok.len());
+    println!("| CDRs never answered OK | {} |", lost.len());
+    println!("| OK but not stored (lost) | {} |", missing_rows.len());
+    println!("| tablets | {} |", tablets.len());
+    println!(
+        "| popups expected (calls × tablets of the store) | {} |",
+        delivered + recovered_only + missed
+    );
+    println!("| delivered as popups | {delivered} |");
+    println!("| recovered from the call list | {recovered_only} |");
+    println!("| missed altogether | {missed} |");
+    println!("| duplicate popups | {dups} |");
+    println!("| cross-store deliveries | {foreign} |");
+    println!("| popups shown after expiresAt | {stale} |");
+    println!("| tablet reconnects | {tablet_reconnects} |");
+    println!(
+        "| webhook→popup p50 / p99 (ms) | {:.1} / {:.1} |",
+        pct(0.50),
+        pct(0.99)
+    );
+    for (i, r) in reconnects.iter().enumerate() {
+        println!("| RabbitMQ reconnects, instance {} | {r} |", i + 1);
+    }
+    println!(
+        "| longest popup gap per store (s) | {} |",
+        gaps.iter()
+            .map(|(s, g)| format!("{s} {g:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| test time (s) | {:.0} |", started.elapsed().as_secs_f64());
+    println!();
+
+    assert!(lost.is_empty(), "CDRs never answered OK: {lost:?}");
+    assert!(
+        missing_rows.is_empty(),
+        "answered OK but not stored: {missing_rows:?}"
+    );
+    assert_eq!(dups, 0, "duplicate popups");
+    assert_eq!(foreign, 0, "cross-store deliveries");
+    assert_eq!(stale, 0, "popups after expiry");
+    assert_eq!(
+        missed, 0,
+        "calls neither shown nor recovered: {missed_examples:?}"
+    );
+    assert!(delivered > recovered_only, "most calls arrive as popups");
+    assert!(
+        reconnects.iter().all(|r| *r >= 1),
+        "every instance lost its node at least once: {reconnects:?}"
+    );
+
+    drop(instances);
+    pool.close().await;
+    db.cleanup().await;
+    // The nodes, their processes and their directory go with `nodes`.
+}
