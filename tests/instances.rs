@@ -202,7 +202,10 @@ async fn expired_messages_are_dead_lettered_and_the_dlq_commands_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_back_from_a_pause_shows_no_stale_popup() {
-    let db = TestDb::new(Backend::Sqlite).await;
+    // PostgreSQL, as several instances are run: an instance stopped by
+    // SIGSTOP in the middle of a write would hold a shared SQLite file's
+    // lock and stall the other instance's CDRs with it.
+    let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::new();
     let env = env_for(
         &db,
