@@ -494,3 +494,69 @@ async fn ten_thousand_abandoned_sessions_leave_nothing_behind() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "o\n");
 }
+
+/// A SockJS `websocket` tablet that has connected stops counting against
+/// its address's share of not-yet-connected connections, as on `/ws`: with
+/// `server.max_pending_per_address = 4`, one address holds 6 connected
+/// SockJS tablets, and each gets the popup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_sockjs_websocket_tablets_leave_the_pending_share() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = register(dir.path(), "nat-store", "050-1111-0004");
+    let server = Instance::spawn(
+        dir.path(),
+        &[("BIZCALL_SERVER__MAX_PENDING_PER_ADDRESS", "4")],
+    );
+    let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 60));
+    let sockjs = format!("ws://{}{SOCKJS}", server.addr);
+    // The next SockJS message frame's STOMP frames.
+    async fn frames(ws: &mut common::stomp::Socket) -> Vec<String> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                if let Some(a) = t.strip_prefix('a') {
+                    return serde_json::from_str(a).unwrap();
+                }
+                assert!(t.as_str() == "o" || t.as_str() == "h", "{t}");
+            }
+        }
+    }
+    let mut tablets = Vec::new();
+    for i in 0..6 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let stream =
+            tokio_tungstenite::MaybeTlsStream::Plain(socket.connect(server.addr).await.unwrap());
+        let url = format!("{sockjs}/000/{}/websocket", uuid::Uuid::new_v4().simple());
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .unwrap_or_else(|e| panic!("tablet {i}: {e}"));
+        let subscribe =
+            "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/nat-store\nreceipt:r\n\n\0";
+        let open = serde_json::to_string(&[connect_frame(&token), subscribe.to_string()]).unwrap();
+        ws.send(Message::Text(open.into())).await.unwrap();
+        let mut got = frames(&mut ws).await;
+        if got.len() < 2 {
+            got.extend(frames(&mut ws).await);
+        }
+        assert!(got[0].starts_with("CONNECTED\n"), "tablet {i}: {got:?}");
+        assert!(got[1].starts_with("RECEIPT\n"), "tablet {i}: {got:?}");
+        tablets.push(ws);
+    }
+    assert_eq!(
+        common::metric(&server.base(), "bizcall_tablets_connected").await,
+        6.0
+    );
+    cdr(&server.base(), "nat-1", "05011110004").await;
+    for ws in &mut tablets {
+        let got = frames(ws).await;
+        assert_eq!(call_id(&got[0]).as_deref(), Some("nat-1"));
+    }
+}

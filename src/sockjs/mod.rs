@@ -32,6 +32,7 @@ use chrono::Utc;
 use self::frame::Close;
 pub use self::session::Service;
 use self::session::{Attach, Next, ReceiverGuard, Refused, Registry, STREAMING_LIMIT};
+use crate::http::conn::Conn;
 use crate::server::App;
 use crate::stomp::session::Handshake;
 
@@ -329,7 +330,11 @@ async fn transport(
         (Kind::WebSocket, Method::GET) => {
             let (mut parts, _) = request.into_parts();
             match WebSocketUpgrade::from_request_parts(&mut parts, &s).await {
-                Ok(ws) => websocket_session(ws, s.app, handshake, s.service),
+                Ok(ws) => {
+                    // The connection's accounting (`/ws` reads it the same way).
+                    let conn = parts.extensions.get::<Arc<Conn>>().cloned();
+                    websocket_session(ws, s.app, handshake, s.service, conn)
+                }
                 Err(rejection) => {
                     let mut r = rejection.into_response();
                     if r.status() == StatusCode::UPGRADE_REQUIRED {
@@ -370,12 +375,13 @@ fn websocket_session(
     app: App,
     handshake: Handshake,
     service: Service,
+    conn: Option<Arc<Conn>>,
 ) -> Response {
     ws.read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(MAX_SEND_BODY)
         .on_upgrade(move |socket| async move {
-            if let Some(transport) = websocket::SockJsWs::open(socket).await {
+            if let Some(transport) = websocket::SockJsWs::open(socket, conn).await {
                 match service {
                     Service::Stomp => {
                         crate::stomp::connection::run(transport, app, handshake).await

@@ -2,11 +2,14 @@
 //! frame in an `a[…]` frame, client messages as JSON-encoded strings, `h`
 //! after 25 s of silence, and `c[…]` before the close.
 
+use std::sync::Arc;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio::time::Instant;
 
 use super::frame::{self, Close};
 use super::session::HEARTBEAT_EVERY;
+use crate::http::conn::Conn;
 use crate::stomp::connection::{Inbound, Transport};
 
 pub struct SockJsWs {
@@ -14,16 +17,19 @@ pub struct SockJsWs {
     last_out: Instant,
     /// The client sent broken JSON: the connection is dropped, not closed.
     broken: bool,
+    /// The TCP connection's accounting (absent when served otherwise).
+    conn: Option<Arc<Conn>>,
 }
 
 impl SockJsWs {
     /// Opens the session: the `o` frame goes out at once.
-    pub async fn open(mut socket: WebSocket) -> Option<Self> {
+    pub async fn open(mut socket: WebSocket, conn: Option<Arc<Conn>>) -> Option<Self> {
         socket.send(Message::Text(frame::OPEN.into())).await.ok()?;
         Some(SockJsWs {
             socket,
             last_out: Instant::now(),
             broken: false,
+            conn,
         })
     }
 
@@ -105,5 +111,13 @@ impl Transport for SockJsWs {
             reason: Close::GoAway.reason().into(),
         };
         let _ = self.socket.send(Message::Close(Some(close))).await;
+    }
+
+    /// A connected tablet no longer counts against its address's share of
+    /// not-yet-connected connections, as on `/ws`.
+    fn connected(&mut self) {
+        if let Some(c) = &self.conn {
+            c.connected();
+        }
     }
 }
