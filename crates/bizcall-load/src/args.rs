@@ -27,9 +27,14 @@ pub(crate) struct RunArgs {
     /// Base URL(s) CDRs are posted to (instance A…).
     #[arg(long = "post-to", required = true)]
     pub(crate) post_to: Vec<String>,
-    /// WebSocket URL(s) tablets connect to (instance B…).
+    /// URL(s) tablets connect to (instance B…): `ws://…/ws` for `/ws`, the
+    /// SockJS base (`http://…/ws/v1/offline-store-pad`) for SockJS.
     #[arg(long = "tablets-at", required = true)]
     pub(crate) tablets_at: Vec<String>,
+    /// How tablets connect: `ws` (STOMP over WebSocket on `/ws`),
+    /// `sockjs-websocket` or `sockjs-xhr-streaming`.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub(crate) transport: Transport,
     /// The instances' database, to register stores and tokens.
     #[arg(long)]
     pub(crate) db: String,

@@ -47,7 +47,14 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
     let mut series = Vec::new();
     let mut md = String::new();
     md.push_str("| series | deliveries | per s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | lost | duplicates |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for name in ["floor", "bizcall", "webstomp", "socketio"] {
+    for name in [
+        "floor",
+        "bizcall",
+        "sockjs-websocket",
+        "sockjs-xhr-streaming",
+        "webstomp",
+        "socketio",
+    ] {
         let Some((s, json)) = load_series(dir, name) else {
             continue;
         };
@@ -206,6 +213,54 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             "×",
         ),
     ];
+    let mut rows: Vec<(String, Option<f64>, &str)> = rows
+        .into_iter()
+        .map(|(l, v, u)| (l.to_string(), v, u))
+        .collect();
+    // SockJS beside /ws ("bizcall"), measured in the same run.
+    let ratio = |name: &str, key: &str| {
+        get(name, key)
+            .zip(get("bizcall", key))
+            .map(|(a, b)| a / b.max(1e-9))
+    };
+    for (name, label) in [
+        ("sockjs-websocket", "SockJS websocket"),
+        ("sockjs-xhr-streaming", "SockJS xhr-streaming"),
+    ] {
+        if get(name, "tablets").is_none() {
+            continue;
+        }
+        let row = |what: &str| format!("{label}: {what}");
+        rows.extend([
+            (row("tablets connected"), get(name, "tablets"), ""),
+            (
+                row("resident memory per idle subscribed tablet"),
+                get(name, "rss_per_idle_tablet_kib"),
+                "KiB",
+            ),
+            (
+                row("memory per idle tablet ÷ /ws"),
+                ratio(name, "rss_per_idle_tablet_kib"),
+                "×",
+            ),
+            (row("webhook → popup p50"), get(name, "p50_ms"), "ms"),
+            (row("webhook → popup p99"), get(name, "p99_ms"), "ms"),
+            (row("p50 ÷ /ws p50"), ratio(name, "p50_ms"), "×"),
+            (row("p99 ÷ /ws p99"), ratio(name, "p99_ms"), "×"),
+            (
+                row("CPU per 1000 deliveries ÷ /ws"),
+                ratio(name, "cpu_s_per_1000_deliveries"),
+                "×",
+            ),
+            (
+                row("lost + duplicate popups"),
+                get(name, "lost")
+                    .zip(get(name, "duplicates"))
+                    .map(|(l, d)| l + d),
+                "",
+            ),
+        ]);
+    }
     for (label, value, unit) in rows {
         let shown = match value {
             Some(v) => format!("{v:.2} {unit}"),

@@ -47,6 +47,7 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
                     ("passcode".into(), token),
                 ],
                 destination: format!("/topic/call-store/{slug}"),
+                transport: a.transport,
             });
             here += 1;
             bar.inc(1);
@@ -153,11 +154,16 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
         (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0)
     };
     let series = Series {
-        name: "bizcall webhook→popup".into(),
+        name: match a.transport {
+            Transport::Ws => "bizcall webhook→popup".into(),
+            Transport::SockjsWebsocket => "bizcall webhook→popup, SockJS websocket".into(),
+            Transport::SockjsXhrStreaming => "bizcall webhook→popup, SockJS xhr-streaming".into(),
+        },
         hist: tally.hist,
         seconds: sending,
         extra: json!({
             "tablets": opened,
+            "transport": format!("{:?}", a.transport),
             "tablet_connect_failures": failed,
             "stores": a.stores,
             "calls": total,

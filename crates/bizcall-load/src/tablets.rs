@@ -1,5 +1,6 @@
-//! Tablets: one STOMP-over-WebSocket client each, opened in this process
-//! or spread over worker processes (`run --workers`).
+//! Tablets: one STOMP client each, over `/ws` or one of SockJS's
+//! transports (`run --transport`), opened in this process or spread over
+//! worker processes (`run --workers`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -25,6 +26,30 @@ pub(crate) struct Delivery {
     pub(crate) since_published_us: Option<i64>,
 }
 
+/// How a tablet reaches the instance.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub(crate) enum Transport {
+    /// STOMP over a plain WebSocket (`/ws`): the URL is `ws://…/ws`.
+    #[default]
+    Ws,
+    /// SockJS's `websocket` transport: the URL is the SockJS base
+    /// (`http://…/ws/v1/offline-store-pad`).
+    SockjsWebsocket,
+    /// SockJS's `xhr_streaming` (receives) and `xhr_send` (sends): the URL
+    /// is the SockJS base.
+    SockjsXhrStreaming,
+}
+
 /// What a tablet logs in with and subscribes to.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Login {
@@ -32,44 +57,12 @@ pub(crate) struct Login {
     pub(crate) source: Option<IpAddr>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) destination: String,
+    #[serde(default)]
+    pub(crate) transport: Transport,
 }
 
-/// Opens one tablet: WebSocket, CONNECT, SUBSCRIBE (with a receipt); then
-/// a task forwards every MESSAGE's call id to `tx`.
-pub(crate) async fn open_tablet(
-    index: usize,
-    login: Login,
-    tx: mpsc::UnboundedSender<Delivery>,
-) -> anyhow::Result<()> {
-    let url = url::Url::parse(&login.url)?;
-    let host = url.host_str().context("host")?;
-    let port = url.port_or_known_default().context("port")?;
-    let addr: SocketAddr = tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .context("address")?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = login.source {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        login.url.as_str(),
-    )?;
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "v12.stomp".parse()?);
-    // tungstenite's default 128 KiB read buffer is zero-filled before
-    // every read: at 10,000 MESSAGEs a second that memset alone took a
-    // twentieth of the machine. Popups are well under 4 KiB.
-    let config =
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+/// The CONNECT and SUBSCRIBE (with a receipt) a tablet starts with.
+fn opening_frames(login: &Login) -> [String; 2] {
     let mut connect = Frame::new(Command::Connect)
         .header("accept-version", "1.2")
         .header("heart-beat", "0,0");
@@ -81,41 +74,26 @@ pub(crate) async fn open_tablet(
         .header("destination", login.destination.clone())
         .header("ack", "auto")
         .header("receipt", "subscribed");
-    for f in [connect, subscribe] {
-        ws.send(Message::Text(
-            String::from_utf8_lossy(&f.encode(Version::V1_2))
-                .into_owned()
-                .into(),
-        ))
-        .await?;
-    }
-    let mut decoder = Decoder::new(1 << 20);
-    let mut ready = false;
-    while !ready {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .context("no answer to CONNECT/SUBSCRIBE")?
-            .context("closed")??;
-        decoder.push(&msg.into_data());
-        while let Some(item) = decoder.next_item()? {
-            if let Item::Frame(f) = item {
-                match f.command {
-                    Command::Receipt => ready = true,
-                    Command::Error => bail!("ERROR {}", f.get("message").unwrap_or("")),
-                    _ => {}
-                }
-            }
-        }
-    }
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = ws.next().await {
-            let at = Instant::now();
-            decoder.push(&msg.into_data());
-            while let Ok(Some(item)) = decoder.next_item() {
-                let Item::Frame(f) = item else { continue };
-                if f.command != Command::Message {
-                    continue;
-                }
+    [connect, subscribe].map(|f| String::from_utf8_lossy(&f.encode(Version::V1_2)).into_owned())
+}
+
+/// Feeds received STOMP bytes to `decoder`; forwards each MESSAGE's call
+/// id to `tx`. Returns whether a RECEIPT came; an ERROR is an error.
+fn take_frames(
+    decoder: &mut Decoder,
+    bytes: &[u8],
+    index: usize,
+    at: Instant,
+    tx: &mpsc::UnboundedSender<Delivery>,
+) -> anyhow::Result<bool> {
+    decoder.push(bytes);
+    let mut receipt = false;
+    while let Some(item) = decoder.next_item()? {
+        let Item::Frame(f) = item else { continue };
+        match f.command {
+            Command::Receipt => receipt = true,
+            Command::Error => bail!("ERROR {}", f.get("message").unwrap_or("")),
+            Command::Message => {
                 let wall = Utc::now();
                 let body = serde_json::from_slice::<serde_json::Value>(&f.body).ok();
                 let field = |k: &str| {
@@ -135,6 +113,240 @@ pub(crate) async fn open_tablet(
                     at,
                     since_published_us,
                 });
+            }
+            _ => {}
+        }
+    }
+    Ok(receipt)
+}
+
+/// A SockJS session URL under `base`: a random server and session id.
+fn sockjs_session(base: &str) -> String {
+    format!(
+        "{}/{:03}/{:016x}",
+        base.trim_end_matches('/'),
+        rand::random::<u16>() % 1000,
+        rand::random::<u64>()
+    )
+}
+
+/// What one SockJS frame (one line of a stream, or one WebSocket message)
+/// says.
+enum SockJsFrame {
+    Open,
+    Heartbeat,
+    Messages(Vec<String>),
+    Close(String),
+}
+
+fn sockjs_frame(text: &str) -> anyhow::Result<SockJsFrame> {
+    let text = text.trim_end_matches('\n');
+    Ok(match text.as_bytes().first() {
+        Some(b'o') => SockJsFrame::Open,
+        Some(b'h') => SockJsFrame::Heartbeat,
+        Some(b'a') => SockJsFrame::Messages(serde_json::from_str(&text[1..])?),
+        Some(b'c') => SockJsFrame::Close(text[1..].to_string()),
+        _ => bail!("not a SockJS frame: {text:?}"),
+    })
+}
+
+/// Opens one tablet over its transport; then a task forwards every
+/// MESSAGE's call id to `tx`.
+pub(crate) async fn open_tablet(
+    index: usize,
+    login: Login,
+    tx: mpsc::UnboundedSender<Delivery>,
+) -> anyhow::Result<()> {
+    match login.transport {
+        Transport::Ws | Transport::SockjsWebsocket => open_ws_tablet(index, login, tx).await,
+        Transport::SockjsXhrStreaming => open_xhr_tablet(index, login, tx).await,
+    }
+}
+
+/// A WebSocket tablet: on `/ws` each message is STOMP; on SockJS each is
+/// a SockJS frame whose messages are STOMP frames.
+async fn open_ws_tablet(
+    index: usize,
+    login: Login,
+    tx: mpsc::UnboundedSender<Delivery>,
+) -> anyhow::Result<()> {
+    let sockjs = login.transport == Transport::SockjsWebsocket;
+    let ws_url = if sockjs {
+        format!("{}/websocket", sockjs_session(&login.url)).replacen("http", "ws", 1)
+    } else {
+        login.url.clone()
+    };
+    let url = url::Url::parse(&ws_url)?;
+    let host = url.host_str().context("host")?;
+    let port = url.port_or_known_default().context("port")?;
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .context("address")?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = login.source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?;
+    if !sockjs {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v12.stomp".parse()?);
+    }
+    // tungstenite's default 128 KiB read buffer is zero-filled before
+    // every read: at 10,000 MESSAGEs a second that memset alone took a
+    // twentieth of the machine. Popups are well under 4 KiB.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+    let frames = opening_frames(&login);
+    if sockjs {
+        ws.send(Message::Text(serde_json::to_string(&frames)?.into()))
+            .await?;
+    } else {
+        for f in frames {
+            ws.send(Message::Text(f.into())).await?;
+        }
+    }
+    let mut decoder = Decoder::new(1 << 20);
+    // One received message: its STOMP bytes (SockJS unwrapped).
+    let unwrap = move |msg: Message| -> anyhow::Result<Vec<u8>> {
+        if !sockjs {
+            return Ok(msg.into_data().to_vec());
+        }
+        let text = msg.into_text()?;
+        Ok(match sockjs_frame(&text)? {
+            SockJsFrame::Open | SockJsFrame::Heartbeat => Vec::new(),
+            SockJsFrame::Messages(m) => m.concat().into_bytes(),
+            SockJsFrame::Close(why) => bail!("SockJS session closed: {why}"),
+        })
+    };
+    let mut ready = false;
+    while !ready {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no answer to CONNECT/SUBSCRIBE")?
+            .context("closed")??;
+        let bytes = unwrap(msg)?;
+        ready = take_frames(&mut decoder, &bytes, index, Instant::now(), &tx)?;
+    }
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            let at = Instant::now();
+            let Ok(bytes) = unwrap(msg) else { break };
+            if take_frames(&mut decoder, &bytes, index, at, &tx).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One HTTP client per source address, shared by the xhr tablets on it.
+fn http_client(source: Option<IpAddr>) -> anyhow::Result<reqwest::Client> {
+    static CLIENTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<Option<IpAddr>, reqwest::Client>>,
+    > = std::sync::OnceLock::new();
+    let mut clients = CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = clients.get(&source) {
+        return Ok(c.clone());
+    }
+    let c = reqwest::Client::builder()
+        .local_address(source)
+        .tcp_nodelay(true)
+        .build()?;
+    clients.insert(source, c.clone());
+    Ok(c)
+}
+
+/// An `xhr_streaming` tablet: one streaming response at a time (the next
+/// opened when one ends at the server's byte limit), frames sent with
+/// `xhr_send`.
+async fn open_xhr_tablet(
+    index: usize,
+    login: Login,
+    tx: mpsc::UnboundedSender<Delivery>,
+) -> anyhow::Result<()> {
+    let http = http_client(login.source)?;
+    let session = sockjs_session(&login.url);
+    let receive = {
+        let (http, url) = (http.clone(), format!("{session}/xhr_streaming"));
+        move || http.post(url.clone()).send()
+    };
+    let mut stream = receive().await?.error_for_status()?;
+    let mut pending = Vec::new();
+    let mut decoder = Decoder::new(1 << 20);
+    // The next complete line of the stream; `None` when the response ended.
+    async fn line(
+        r: &mut reqwest::Response,
+        pending: &mut Vec<u8>,
+    ) -> anyhow::Result<Option<(String, Instant)>> {
+        loop {
+            if let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                return Ok(Some((String::from_utf8(line)?, Instant::now())));
+            }
+            match r.chunk().await? {
+                Some(c) => pending.extend_from_slice(&c),
+                None => return Ok(None),
+            }
+        }
+    }
+    let mut ready = false;
+    while !ready {
+        let (text, at) =
+            tokio::time::timeout(Duration::from_secs(30), line(&mut stream, &mut pending))
+                .await
+                .context("no answer to CONNECT/SUBSCRIBE")??
+                .context("the stream ended before the subscription")?;
+        match sockjs_frame(&text)? {
+            SockJsFrame::Open => {
+                let body = serde_json::to_string(&opening_frames(&login))?;
+                http.post(format!("{session}/xhr_send"))
+                    .body(body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            SockJsFrame::Heartbeat => {}
+            SockJsFrame::Messages(m) => {
+                ready = take_frames(&mut decoder, m.concat().as_bytes(), index, at, &tx)?;
+            }
+            SockJsFrame::Close(why) => bail!("SockJS session closed: {why}"),
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            match line(&mut stream, &mut pending).await {
+                Ok(Some((text, at))) => match sockjs_frame(&text) {
+                    Ok(SockJsFrame::Messages(m)) => {
+                        if take_frames(&mut decoder, m.concat().as_bytes(), index, at, &tx).is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(SockJsFrame::Open | SockJsFrame::Heartbeat) => {}
+                    Ok(SockJsFrame::Close(_)) | Err(_) => return,
+                },
+                // The response reached the server's byte limit: the next.
+                Ok(None) => {
+                    pending.clear();
+                    match receive().await {
+                        Ok(r) if r.status().is_success() => stream = r,
+                        _ => return,
+                    }
+                }
+                Err(_) => return,
             }
         }
     });

@@ -46,6 +46,7 @@ pub(crate) async fn webstomp(a: WebstompArgs) -> anyhow::Result<()> {
                 ("passcode".into(), "guest".into()),
             ],
             destination: format!("/exchange/{prefix}-{}", i % a.stores),
+            transport: Transport::Ws,
         })
         .collect();
     let per_store: Vec<u64> = (0..a.stores)
