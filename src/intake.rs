@@ -26,9 +26,26 @@ pub enum Outcome {
     Unavailable(DbError),
 }
 
+/// The upsert, tried again on another connection while the one it got
+/// turns out to be dead (after the database went away and came back, every
+/// idle connection of the pool is). Each such failure is immediate, and the
+/// upsert is idempotent: a try whose answer was lost reads as a repeat.
+async fn store(app: &App, cdr: &Cdr) -> Result<Upsert, DbError> {
+    let mut tries = 1;
+    loop {
+        match app.db.upsert_call(cdr).await {
+            Err(e) if e.is_dead_connection() && tries <= crate::db::PG_POOL_SIZE => {
+                tracing::debug!(seq = %cdr.seq, error = %e, "dead database connection: trying another");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Stores `cdr` and publishes what changed.
 pub async fn accept(app: &App, cdr: &Cdr) -> Outcome {
-    let row = match app.db.upsert_call(cdr).await {
+    let row = match store(app, cdr).await {
         Ok(Upsert::Changed(row)) => row,
         Ok(Upsert::Unchanged) => {
             republish_if_unpublished(app, cdr).await;

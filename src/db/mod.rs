@@ -27,6 +27,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// How long a request waits for a database connection before it is answered
 /// `503` (the provider then retries).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections to PostgreSQL per instance.
+pub const PG_POOL_SIZE: u32 = 16;
 
 /// A connection pool to one of the two supported databases.
 #[derive(Clone, Debug)]
@@ -63,6 +65,17 @@ pub enum DbError {
     /// The database could not be opened at all.
     #[error("database: {0}")]
     Open(#[from] OpenError),
+}
+
+impl DbError {
+    /// Whether a pooled connection turned out to be dead: the database went
+    /// away and came back since the connection was last used. Such a
+    /// failure is immediate, and another connection may well work.
+    pub fn is_dead_connection(&self) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(self, DbError::Sql(sqlx::Error::Io(e))
+            if matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted))
+    }
 }
 
 /// Why the database could not be opened, said the way a person checks it.
@@ -299,11 +312,12 @@ impl Db {
                 }
             }
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(PG_POOL_SIZE)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 // No ping before each query: it doubled the round trips of
                 // every CDR. A connection that died is found by the query
-                // itself (answered 503, the provider retries) and dropped.
+                // itself and dropped; intake then tries another
+                // (`intake::store`), so a CDR is not refused for it.
                 .test_before_acquire(false)
                 .connect_with(opts)
                 .await
