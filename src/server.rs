@@ -28,6 +28,9 @@ use crate::hub::Hub;
 
 /// How often the retention job looks for old calls.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// The longest a stopping instance waits for tablets to go and requests
+/// to finish before it closes its listeners.
+const DRAIN_FOR: Duration = Duration::from_secs(3);
 
 /// Everything a request handler needs, cheap to clone.
 #[derive(Clone)]
@@ -47,6 +50,8 @@ pub struct App {
     pub identity: Arc<crate::presence::Identity>,
     /// This instance's part of calls' delivery trails.
     pub trail: Arc<crate::trail::Trail>,
+    /// The SockJS HTTP-transport sessions of tablets on this instance.
+    pub sockjs: Arc<crate::sockjs::session::Registry>,
 }
 
 /// A running instance.
@@ -149,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shutdown: shutdown.clone(),
         identity: identity.clone(),
         trail,
+        sockjs: Arc::default(),
     };
 
     let webhook_listener = match config.webhook.listen {
@@ -198,6 +204,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         router: crate::http::router(app.clone()),
         timeouts,
     };
+    // Listeners keep accepting while the instance drains, so a polling
+    // SockJS tablet between two polls still fetches its ERROR; `closed`
+    // ends them when the drain is over.
+    let closed = CancellationToken::new();
     let webhook = webhook_listener.map(|l| {
         let side = Listener {
             name: "webhook",
@@ -206,24 +216,42 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             router: crate::http::webhook_router(app.clone()),
             timeouts,
         };
-        let stop = app.shutdown.clone();
+        let limits = side.limits.clone();
+        let closed = closed.clone();
         let trusted = config.clone();
-        tokio::spawn(async move { side.accept_loop(l, &trusted, stop).await })
+        let task = tokio::spawn(async move { side.accept_loop(l, &trusted, closed).await });
+        (task, limits)
     });
     let served = app.clone();
     let task = tokio::spawn(async move {
-        let stop = served.shutdown.clone();
         let limits = main.limits.clone();
-        main.accept_loop(listener, &served.config, stop).await;
-        if let Some(w) = webhook {
+        let config = served.config.clone();
+        let accepting = {
+            let closed = closed.clone();
+            tokio::spawn(async move { main.accept_loop(listener, &config, closed).await })
+        };
+        served.shutdown.cancelled().await;
+        // Give tablets a moment to receive their ERROR and go, SockJS
+        // sessions a moment to have what they queued fetched, and requests
+        // under way a moment to finish.
+        let busy = || {
+            served.hub.counts().0 > 0
+                || served.sockjs.undelivered() > 0
+                || limits.requests() > 0
+                || webhook.as_ref().is_some_and(|(_, l)| l.requests() > 0)
+        };
+        let deadline = tokio::time::Instant::now() + DRAIN_FOR;
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        closed.cancel();
+        let _ = accepting.await;
+        if let Some((w, _)) = webhook {
             let _ = w.await;
         }
-        // Give tablets a moment to receive their ERROR and go, and HTTP
-        // requests under way a moment to finish.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while (served.hub.counts().0 > 0 || limits.open() > 0)
-            && tokio::time::Instant::now() < deadline
-        {
+        // Idle connections close at once, others as their answer is written.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while limits.open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let result: std::io::Result<()> = Ok(());

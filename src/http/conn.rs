@@ -19,6 +19,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Limits {
     open: AtomicUsize,
+    /// Requests whose handler is running, on every connection.
+    requests: AtomicUsize,
     max_open: usize,
     pending: Mutex<HashMap<IpAddr, usize>>,
     /// 0 turns the per-address cap off.
@@ -29,6 +31,7 @@ impl Limits {
     pub fn new(max_open: usize, max_pending_per_address: usize) -> Arc<Self> {
         Arc::new(Limits {
             open: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             max_open,
             pending: Mutex::new(HashMap::new()),
             max_pending_per_address,
@@ -38,6 +41,11 @@ impl Limits {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Requests being handled now (a long poll counts until it answers).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
     }
 
     pub fn max_open(&self) -> usize {
@@ -213,6 +221,7 @@ impl Conn {
     /// A request's headers are complete and its handler starts.
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.limits.requests.fetch_add(1, Ordering::AcqRel);
         self.reading_head.store(false, Ordering::Release);
         let mut p = self.phase();
         p.first = false;
@@ -222,6 +231,7 @@ impl Conn {
     /// A request's handler has answered.
     pub(crate) fn request_done(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.limits.requests.fetch_sub(1, Ordering::AcqRel);
         self.phase().idle_since = Instant::now();
     }
 

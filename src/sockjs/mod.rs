@@ -94,9 +94,14 @@ fn mount(
     websocket: bool,
     streaming_limit: usize,
 ) -> Router {
+    // Tablets' sessions are the instance's, which waits for them on stop.
+    let sessions = match service {
+        Service::Stomp => app.sockjs.clone(),
+        _ => Arc::new(Registry::default()),
+    };
     let state = SockJs {
         app,
-        sessions: Arc::new(Registry::default()),
+        sessions,
         service,
         websocket,
         streaming_limit,

@@ -69,6 +69,16 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Sessions holding frames no receiver has fetched yet (a stopping
+    /// instance waits for these: a polling tablet between two polls gets
+    /// its ERROR on the next one).
+    pub fn undelivered(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| !s.state().queue.is_empty())
+            .count()
+    }
+
     /// The session `id`, or a new one whose STOMP connection starts now.
     /// The bool says whether it is new.
     pub fn open(
