@@ -583,6 +583,13 @@ impl Hub {
         closed
     }
 
+    /// Whether a subscribed tablet of `store` is connected here.
+    fn has_subscribed(&self, store: &str) -> bool {
+        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
+        all.get(store)
+            .is_some_and(|s| s.values().any(|t| t.subscribed()))
+    }
+
     /// Token ids of the tablets connected here.
     pub fn token_ids(&self) -> HashSet<String> {
         self.every_tablet()
@@ -672,7 +679,7 @@ impl EventHandler for Hub {
         if !event.is_live(now) {
             m::popup_expired();
             if let Some(trail) = self.trail() {
-                trail.expired(&event.call_id);
+                trail.expired(&event.call_id, self.has_subscribed(&event.store));
             }
             return Ok(Handled::Done);
         }

@@ -7,6 +7,13 @@
 //! one batch a second (one row per instance per call, rewritten whole), so
 //! the database sees one statement a second per instance whatever the
 //! traffic. A SIGKILL loses at most the last second of trail, never a call.
+//!
+//! With fanout every instance consumes every call. An instance that holds
+//! no tablet of the call's store, and did not receive the call itself,
+//! keeps that outcome in memory only: it is written if the call later
+//! turns out to concern it (it receives a CDR of the call, or tablets of
+//! the store reach it), so trail rows follow where calls were received and
+//! shown, not calls × instances.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -98,6 +105,12 @@ impl Trail {
     }
 
     fn touch(&self, seq: &str, change: impl FnOnce(&mut Entry, i64)) {
+        self.note(seq, true, change);
+    }
+
+    /// Applies `change` to `seq`'s entry; it is written with the next
+    /// batch when `write`, or when this instance received the call.
+    fn note(&self, seq: &str, write: bool, change: impl FnOnce(&mut Entry, i64)) {
         let now = now_millis();
         let mut all = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let e = match all.get_mut(seq) {
@@ -105,7 +118,9 @@ impl Trail {
             None => all.entry(seq.to_string()).or_default(),
         };
         change(e, now);
-        e.dirty = true;
+        if write || e.received_at.is_some() {
+            e.dirty = true;
+        }
         e.touched = now;
     }
 
@@ -120,9 +135,10 @@ impl Trail {
         });
     }
 
-    /// An event of `seq` arrived here already expired.
-    pub fn expired(&self, seq: &str) {
-        self.touch(seq, |e, now| {
+    /// An event of `seq` arrived here already expired; `tablets_here`
+    /// says whether a tablet of its store is connected here.
+    pub fn expired(&self, seq: &str, tablets_here: bool) {
+        self.note(seq, tablets_here, |e, now| {
             e.reached_at.get_or_insert(now);
             e.last_at = Some(now);
             e.outcome = e.outcome.max(Outcome::Expired);
@@ -132,7 +148,8 @@ impl Trail {
     /// An event of `seq` was queued for the tablets of `tokens` here
     /// (none: no tablet online), `slow` of which were dropped as slow.
     pub fn reached<'a>(&self, seq: &str, tokens: impl Iterator<Item = &'a str>, slow: usize) {
-        self.touch(seq, |e, now| {
+        let tokens: Vec<&str> = tokens.collect();
+        self.note(seq, !tokens.is_empty(), |e, now| {
             e.reached_at.get_or_insert(now);
             e.last_at = Some(now);
             let mut queued = 0i64;
@@ -208,5 +225,55 @@ mod tests {
         assert!(Outcome::Delivered > Outcome::NoTablet);
         assert!(Outcome::NoTablet > Outcome::Expired);
         assert!(Outcome::SlowConsumer > Outcome::NoTablet);
+    }
+
+    /// Rows written by one batch, on a real SQLite database.
+    async fn written(trail: &Trail, db: &Db, seqs: &[&str]) -> Vec<(String, String)> {
+        trail.flush().await;
+        let mut out = Vec::new();
+        for seq in seqs {
+            for r in db.trail(seq).await.unwrap() {
+                out.push((r.seq, r.outcome));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn calls_that_do_not_concern_this_instance_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/trail.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let stop = CancellationToken::new();
+        let trail = Trail::start(db.clone(), "i-test".into(), stop.clone());
+        // Consumed here, no tablet, not received here: not written.
+        trail.reached("other", std::iter::empty(), 0);
+        trail.expired("old", false);
+        // Received here: written, with what happened to it here.
+        trail.received("mine", 1, true);
+        trail.reached("mine", std::iter::empty(), 0);
+        // Expired with a tablet of its store here: written.
+        trail.expired("late", true);
+        // Shown here: written.
+        trail.reached("shown", ["tok_a"].into_iter(), 0);
+        let all = ["other", "old", "mine", "late", "shown"];
+        let rows = written(&trail, &db, &all).await;
+        assert_eq!(
+            rows,
+            vec![
+                ("mine".to_string(), "no-tablet".to_string()),
+                ("late".to_string(), "expired".to_string()),
+                ("shown".to_string(), "delivered".to_string()),
+            ]
+        );
+        // A call consumed first and received later (its own publish came
+        // back before the confirm) is written with both.
+        trail.received("other", 2, true);
+        let rows = written(&trail, &db, &["other"]).await;
+        assert_eq!(rows, vec![("other".to_string(), "no-tablet".to_string())]);
+        stop.cancel();
+        db.close().await;
     }
 }

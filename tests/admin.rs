@@ -712,6 +712,100 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
     let stale = listed["staleAfterSeconds"].as_i64().unwrap();
     assert_eq!(stale, bizcall::presence::STALE.as_secs() as i64);
 
+    // A call received by instance 2 for the store whose tablets (all
+    // subscribed) are on instances 0 and 1: its trail has a row for the
+    // instance that received it and one for each that showed it.
+    for t in tablets.iter_mut() {
+        t.subscribe("p1", "0", "auto").await;
+    }
+    let call = [
+        ("seq", "trail-3"),
+        ("sdt", "20261122101500"),
+        ("fromn", "01012345678"),
+        ("ton", "0200000000"),
+        ("vn", "0503"),
+    ];
+    assert_eq!(common::post_cdr(&third, &call).await, 200);
+    for t in tablets.iter_mut() {
+        assert_eq!(t.expect("MESSAGE").await.json()["callId"], "trail-3");
+    }
+    let trail_of = |seq: &'static str| {
+        let third = third.clone();
+        async move {
+            let t: Value = common::http()
+                .get(format!("{third}/api/admin/calls/{seq}"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            t
+        }
+    };
+    let outcomes = |t: &Value| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = t["trail"]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["instance"].as_str().unwrap().to_string(),
+                    r["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // `listed` came from instance 2, the one that receives the calls.
+    let receiver = listed["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["self"] == true)
+        .and_then(|i| i["id"].as_str())
+        .unwrap()
+        .to_string();
+    common::eventually(Duration::from_secs(20), "the trail's 3 rows", || async {
+        outcomes(&trail_of("trail-3").await).len() == 3
+    })
+    .await;
+    let t = trail_of("trail-3").await;
+    let rows = outcomes(&t);
+    let by_outcome = |o: &str| rows.iter().filter(|(_, x)| x == o).count();
+    assert_eq!(by_outcome("delivered"), 2, "{t}");
+    assert_eq!(by_outcome("no-tablet"), 1, "{t}");
+    assert!(
+        rows.contains(&(receiver.clone(), "no-tablet".into())),
+        "{t}"
+    );
+    // A store with no tablet anywhere: only the receiving instance writes
+    // a row (the others keep their "no tablet here" in memory), and the
+    // verdict says why no popup came.
+    let (code, _, err) = common::run_cli(
+        &["store", "add", "p2", "--name", "P2", "--number", "0504"],
+        &common::env_refs(&env),
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut lonely = call;
+    lonely[0] = ("seq", "trail-none");
+    lonely[4] = ("vn", "0504");
+    assert_eq!(common::post_cdr(&third, &lonely).await, 200);
+    common::eventually(Duration::from_secs(20), "no tablet online", || async {
+        trail_of("trail-none").await["trail"]["verdict"] == "no-tablet-online"
+    })
+    .await;
+    // Past two more trail batches, still only the receiver's row.
+    tokio::time::sleep(bizcall::trail::FLUSH_EVERY * 3).await;
+    let t = trail_of("trail-none").await;
+    assert_eq!(
+        outcomes(&t),
+        vec![(receiver.clone(), "no-tablet".into())],
+        "{t}"
+    );
+
     // SIGKILL instance 1: no goodbye, its rows stay, its heart-beat stops.
     let killed = instances.remove(1);
     let pid = killed.child.id().to_string();
