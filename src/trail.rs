@@ -85,7 +85,10 @@ impl Trail {
     pub fn start(db: Db, instance: String, stop: CancellationToken) -> Arc<Self> {
         let trail = Arc::new(Trail {
             instance,
-            db,
+            // Trails are written on a connection of their own, never one
+            // that a CDR waits for, without waiting for the disk: a crash
+            // loses at most the last batch, as SIGKILL does anyway.
+            db: db.background_writer(),
             entries: Mutex::new(HashMap::new()),
         });
         let writer = trail.clone();

@@ -3,7 +3,6 @@
 //! at 1,000 CDRs a second the database sees a few dozen small transactions
 //! rather than a thousand.
 
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Db, DbError};
@@ -23,28 +22,9 @@ impl PublishMarks {
     /// Starts the writer; it ends when every handle is dropped.
     pub fn start(db: Db) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let target = match &db {
-            // Its own connection, whose commits do not wait for the disk:
-            // one round trip per batch instead of BEGIN, SET LOCAL, UPDATE
-            // and COMMIT.
-            Db::Postgres(pool) => Db::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(super::ACQUIRE_TIMEOUT)
-                    .test_before_acquire(false)
-                    .connect_lazy_with((*pool.connect_options()).clone().options([
-                        ("synchronous_commit", "off"),
-                        // A plan cached while `calls` was small (a
-                        // hash join over a sequential scan) stayed
-                        // in use as the table grew: at 200,000 rows
-                        // each batch took ~50 ms and intake fell to
-                        // 300 CDRs/s. Plan each batch for its size.
-                        ("plan_cache_mode", "force_custom_plan"),
-                    ])),
-            ),
-            Db::Sqlite(_) => db,
-        };
-        tokio::spawn(write_marks(target, rx));
+        // Its own connection, whose commits do not wait for the disk: one
+        // round trip per batch instead of BEGIN, SET LOCAL, UPDATE and COMMIT.
+        tokio::spawn(write_marks(db.background_writer(), rx));
         PublishMarks { tx }
     }
 
