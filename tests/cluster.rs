@@ -8,13 +8,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use common::stomp::{Client, Polled};
+use common::fleet::{print_cdr_rows, run_tablet, SentAt, Tablet, TabletLog, Tally};
 use common::{rabbitmqctl, StartAppOnDrop};
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -34,109 +33,6 @@ fn free_port() -> u16 {
 
 fn vn(store: usize) -> String {
     format!("0507000{store:04}")
-}
-
-/// What one tablet saw.
-#[derive(Default)]
-struct TabletLog {
-    /// call id → how many popups.
-    popups: HashMap<String, usize>,
-    /// Calls found in the call list after a (re)connect.
-    recovered: HashSet<String>,
-    foreign: Vec<String>,
-    stale: Vec<String>,
-    reconnects: usize,
-    latencies_ms: Vec<f64>,
-}
-
-struct Tablet {
-    slug: String,
-    log: Arc<Mutex<TabletLog>>,
-}
-
-type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
-
-async fn run_tablet(
-    base: String,
-    slug: String,
-    token: String,
-    log: Arc<Mutex<TabletLog>>,
-    sent: SentAt,
-    stop: CancellationToken,
-) {
-    let ws = format!("{}/ws", base.replace("http://", "ws://"));
-    let mut first = true;
-    while !stop.is_cancelled() {
-        if !first {
-            log.lock().unwrap().reconnects += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        first = false;
-        let Some(mut c) = Client::try_open(&ws).await else {
-            continue;
-        };
-        c.send_raw(&format!(
-            "CONNECT\naccept-version:1.2\npasscode:{token}\nheart-beat:0,0\n\n\0"
-        ))
-        .await;
-        match c.poll(Duration::from_secs(5)).await {
-            Polled::Frame(f) if f.command == "CONNECTED" => {}
-            _ => continue,
-        }
-        c.send_raw(&format!(
-            "SUBSCRIBE\nid:0\ndestination:/topic/call-store/{slug}\nack:auto\nreceipt:s\n\n\0"
-        ))
-        .await;
-        match c.poll(Duration::from_secs(5)).await {
-            Polled::Frame(f) if f.command == "RECEIPT" => {}
-            _ => continue,
-        }
-        // Recover what was missed while away, as the tablet page does.
-        let list = common::http()
-            .get(format!("{base}/api/stores/{slug}/calls?limit=500"))
-            .bearer_auth(&token)
-            .send()
-            .await;
-        if let Ok(r) = list {
-            if let Ok(serde_json::Value::Array(calls)) = r.json::<serde_json::Value>().await {
-                let mut l = log.lock().unwrap();
-                for call in calls {
-                    if let Some(id) = call["callId"].as_str() {
-                        l.recovered.insert(id.to_string());
-                    }
-                }
-            }
-        }
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            match c.poll(Duration::from_millis(500)).await {
-                Polled::Timeout => {}
-                Polled::Closed => break,
-                Polled::Frame(f) if f.command == "MESSAGE" => {
-                    let ev = f.json();
-                    let id = ev["callId"].as_str().unwrap_or("").to_string();
-                    let expires: DateTime<Utc> = ev["expiresAt"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_default();
-                    let mut l = log.lock().unwrap();
-                    if ev["store"] != slug.as_str() {
-                        l.foreign.push(id.clone());
-                    }
-                    if Utc::now() > expires {
-                        l.stale.push(id.clone());
-                    }
-                    if let Some(at) = sent.lock().unwrap().get(&id) {
-                        l.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    *l.popups.entry(id).or_default() += 1;
-                }
-                Polled::Frame(_) => break, // ERROR (server restart…): reconnect
-            }
-        }
-    }
 }
 
 /// Posts a CDR through nginx the way the provider does: until it is `OK`.
@@ -419,79 +315,11 @@ async fn three_instances_behind_nginx_survive_failures() {
         assert!(row.is_some(), "{seq} from the outage is not stored");
     }
 
-    let by_store: HashMap<usize, Vec<&String>> =
-        ok.iter().fold(HashMap::new(), |mut m, (seq, s)| {
-            m.entry(*s).or_default().push(seq);
-            m
-        });
     let outage: HashSet<&String> = outage_calls.iter().collect();
-    let (
-        mut delivered,
-        mut recovered_only,
-        mut missed,
-        mut dups,
-        mut foreign,
-        mut stale,
-        mut reconnects,
-    ) = (0, 0, 0, 0, 0, 0, 0);
-    let mut missed_examples = Vec::new();
-    let mut lat: Vec<f64> = Vec::new();
-    for t in &tablets {
-        let l = t.log.lock().unwrap();
-        let store: usize = t.slug.trim_start_matches("store").parse().unwrap();
-        dups += l.popups.values().filter(|c| **c > 1).count();
-        foreign += l.foreign.len();
-        stale += l.stale.len();
-        reconnects += l.reconnects;
-        lat.extend(&l.latencies_ms);
-        for seq in by_store.get(&store).into_iter().flatten() {
-            if l.popups.contains_key(*seq) {
-                delivered += 1;
-            } else if l.recovered.contains(*seq) {
-                recovered_only += 1;
-            } else if outage.contains(*seq) {
-                // Its event expired in the outage; it is in the call list.
-                recovered_only += 1;
-            } else {
-                missed += 1;
-                if missed_examples.len() < 5 {
-                    missed_examples.push(format!("{} missed {seq}", t.slug));
-                }
-            }
-        }
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            0.0
-        } else {
-            lat[((lat.len() - 1) as f64 * p) as usize]
-        }
-    };
+    let tally = Tally::of(&tablets, &ok, &outage);
     println!();
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| CDRs sent | {} |", n);
-    println!("| CDRs answered OK | {} |", ok.len());
-    println!("| CDRs never answered OK | {} |", lost.len());
-    println!("| OK but not stored (lost) | {} |", missing_rows.len());
-    println!("| tablets | {} |", tablets.len());
-    println!(
-        "| popups expected (calls × tablets of the store) | {} |",
-        delivered + recovered_only + missed
-    );
-    println!("| delivered as popups | {delivered} |");
-    println!("| recovered from the call list | {recovered_only} |");
-    println!("| missed altogether | {missed} |");
-    println!("| duplicate popups | {dups} |");
-    println!("| cross-store deliveries | {foreign} |");
-    println!("| popups shown after expiresAt | {stale} |");
-    println!("| tablet reconnects | {reconnects} |");
-    println!(
-        "| webhook→popup p50 / p99 (ms) | {:.1} / {:.1} |",
-        pct(0.50),
-        pct(0.99)
-    );
+    print_cdr_rows(n, ok.len(), lost.len(), missing_rows.len());
+    tally.print_rows(tablets.len());
     println!();
 
     assert!(lost.is_empty(), "CDRs never answered OK: {lost:?}");
@@ -499,14 +327,7 @@ async fn three_instances_behind_nginx_survive_failures() {
         missing_rows.is_empty(),
         "answered OK but not stored: {missing_rows:?}"
     );
-    assert_eq!(dups, 0, "duplicate popups");
-    assert_eq!(foreign, 0, "cross-store deliveries");
-    assert_eq!(stale, 0, "popups after expiry");
-    assert_eq!(
-        missed, 0,
-        "calls neither shown nor recovered: {missed_examples:?}"
-    );
-    assert!(delivered > recovered_only, "most calls arrive as popups");
+    tally.assert_clean();
 
     drop(cluster);
     pool.close().await;

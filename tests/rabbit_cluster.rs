@@ -14,9 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use common::fleet::{print_cdr_rows, run_tablet, SentAt, Tablet, TabletLog, Tally};
 use common::rabbit::{Listen, Nodes};
-use common::stomp::{Client, Polled};
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -26,108 +25,6 @@ const RATE_PER_SEC: u64 = 20;
 
 fn vn(store: usize) -> String {
     format!("0507100{store:04}")
-}
-
-#[derive(Default)]
-struct TabletLog {
-    popups: HashMap<String, usize>,
-    /// When each popup arrived (for the gaps between them).
-    arrivals: Vec<Instant>,
-    recovered: HashSet<String>,
-    foreign: Vec<String>,
-    stale: Vec<String>,
-    reconnects: usize,
-    latencies_ms: Vec<f64>,
-}
-
-struct Tablet {
-    slug: String,
-    log: Arc<Mutex<TabletLog>>,
-}
-
-type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
-
-async fn run_tablet(
-    base: String,
-    slug: String,
-    token: String,
-    log: Arc<Mutex<TabletLog>>,
-    sent: SentAt,
-    stop: CancellationToken,
-) {
-    let ws = format!("{}/ws", base.replace("http://", "ws://"));
-    let mut first = true;
-    while !stop.is_cancelled() {
-        if !first {
-            log.lock().unwrap().reconnects += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        first = false;
-        let Some(mut c) = Client::try_open(&ws).await else {
-            continue;
-        };
-        c.send_raw(&format!(
-            "CONNECT\naccept-version:1.2\npasscode:{token}\nheart-beat:0,0\n\n\0"
-        ))
-        .await;
-        match c.poll(Duration::from_secs(5)).await {
-            Polled::Frame(f) if f.command == "CONNECTED" => {}
-            _ => continue,
-        }
-        c.send_raw(&format!(
-            "SUBSCRIBE\nid:0\ndestination:/topic/call-store/{slug}\nack:auto\nreceipt:s\n\n\0"
-        ))
-        .await;
-        match c.poll(Duration::from_secs(5)).await {
-            Polled::Frame(f) if f.command == "RECEIPT" => {}
-            _ => continue,
-        }
-        let list = common::http()
-            .get(format!("{base}/api/stores/{slug}/calls?limit=500"))
-            .bearer_auth(&token)
-            .send()
-            .await;
-        if let Ok(r) = list {
-            if let Ok(serde_json::Value::Array(calls)) = r.json::<serde_json::Value>().await {
-                let mut l = log.lock().unwrap();
-                for call in calls {
-                    if let Some(id) = call["callId"].as_str() {
-                        l.recovered.insert(id.to_string());
-                    }
-                }
-            }
-        }
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            match c.poll(Duration::from_millis(500)).await {
-                Polled::Timeout => {}
-                Polled::Closed => break,
-                Polled::Frame(f) if f.command == "MESSAGE" => {
-                    let ev = f.json();
-                    let id = ev["callId"].as_str().unwrap_or("").to_string();
-                    let expires: DateTime<Utc> = ev["expiresAt"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or_default();
-                    let mut l = log.lock().unwrap();
-                    if ev["store"] != slug.as_str() {
-                        l.foreign.push(id.clone());
-                    }
-                    if Utc::now() > expires {
-                        l.stale.push(id.clone());
-                    }
-                    if let Some(at) = sent.lock().unwrap().get(&id) {
-                        l.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    l.arrivals.push(Instant::now());
-                    *l.popups.entry(id).or_default() += 1;
-                }
-                Polled::Frame(_) => break,
-            }
-        }
-    }
 }
 
 /// Posts a CDR the way the provider does: until one instance answers `OK`.
@@ -459,50 +356,14 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
             missing_rows.push(seq.clone());
         }
     }
-    let by_store: HashMap<usize, Vec<&String>> =
-        ok.iter().fold(HashMap::new(), |mut m, (seq, s)| {
-            m.entry(*s).or_default().push(seq);
-            m
-        });
-    let (mut delivered, mut recovered_only, mut missed, mut dups, mut foreign, mut stale) =
-        (0, 0, 0, 0, 0, 0);
-    let mut tablet_reconnects = 0;
-    let mut missed_examples = Vec::new();
-    let mut lat: Vec<f64> = Vec::new();
+    let tally = Tally::of(&tablets, &ok, &HashSet::new());
     let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
     for t in &tablets {
-        let l = t.log.lock().unwrap();
-        let store: usize = t.slug.trim_start_matches("store").parse().unwrap();
-        dups += l.popups.values().filter(|c| **c > 1).count();
-        foreign += l.foreign.len();
-        stale += l.stale.len();
-        tablet_reconnects += l.reconnects;
-        lat.extend(&l.latencies_ms);
         arrivals
             .entry(t.slug.clone())
             .or_default()
-            .extend(&l.arrivals);
-        for seq in by_store.get(&store).into_iter().flatten() {
-            if l.popups.contains_key(*seq) {
-                delivered += 1;
-            } else if l.recovered.contains(*seq) {
-                recovered_only += 1;
-            } else {
-                missed += 1;
-                if missed_examples.len() < 5 {
-                    missed_examples.push(format!("{} missed {seq}", t.slug));
-                }
-            }
-        }
+            .extend(&t.log.lock().unwrap().arrivals);
     }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            0.0
-        } else {
-            lat[((lat.len() - 1) as f64 * p) as usize]
-        }
-    };
     let mut reconnects = Vec::new();
     for b in &bases {
         reconnects.push(common::metric(b, "bizcall_bus_reconnects_total").await as u64);
@@ -521,29 +382,8 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
     gaps.sort_by(|a, b| a.0.cmp(&b.0));
 
     println!();
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| CDRs sent | {n} |");
-    println!("| CDRs answered OK | {} |", ok.len());
-    println!("| CDRs never answered OK | {} |", lost.len());
-    println!("| OK but not stored (lost) | {} |", missing_rows.len());
-    println!("| tablets | {} |", tablets.len());
-    println!(
-        "| popups expected (calls × tablets of the store) | {} |",
-        delivered + recovered_only + missed
-    );
-    println!("| delivered as popups | {delivered} |");
-    println!("| recovered from the call list | {recovered_only} |");
-    println!("| missed altogether | {missed} |");
-    println!("| duplicate popups | {dups} |");
-    println!("| cross-store deliveries | {foreign} |");
-    println!("| popups shown after expiresAt | {stale} |");
-    println!("| tablet reconnects | {tablet_reconnects} |");
-    println!(
-        "| webhook→popup p50 / p99 (ms) | {:.1} / {:.1} |",
-        pct(0.50),
-        pct(0.99)
-    );
+    print_cdr_rows(n, ok.len(), lost.len(), missing_rows.len());
+    tally.print_rows(tablets.len());
     for (i, r) in reconnects.iter().enumerate() {
         println!("| RabbitMQ reconnects, instance {} | {r} |", i + 1);
     }
@@ -562,14 +402,7 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
         missing_rows.is_empty(),
         "answered OK but not stored: {missing_rows:?}"
     );
-    assert_eq!(dups, 0, "duplicate popups");
-    assert_eq!(foreign, 0, "cross-store deliveries");
-    assert_eq!(stale, 0, "popups after expiry");
-    assert_eq!(
-        missed, 0,
-        "calls neither shown nor recovered: {missed_examples:?}"
-    );
-    assert!(delivered > recovered_only, "most calls arrive as popups");
+    tally.assert_clean();
     assert!(
         reconnects.iter().all(|r| *r >= 1),
         "every instance lost its node at least once: {reconnects:?}"

@@ -3,6 +3,7 @@
 //! sockets, and `bizcall` processes.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod nginx;
 pub mod rabbit;
 pub mod relay;
