@@ -688,3 +688,59 @@ async fn abandoned_sessions_are_bounded_and_forgotten() {
     assert_eq!(ctx.server.app.hub.counts().0, 0);
     ctx.finish().await;
 }
+
+/// A client that aborts its receiver request and opens the next at once
+/// is not refused with 2010 because the server had not yet seen the abort:
+/// the next request learns the session was interrupted (1002), as the
+/// sockjs-protocol suite's HandlingClose expects. Twenty times per
+/// transport, over raw TCP so the abort is a real close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_receiver_does_not_make_the_next_request_another_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let ctx = Ctx::new(|_| {}).await;
+    let addr = ctx.server.addr;
+    async fn open(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    }
+    /// What arrives until a close or message frame (or `o`) is in it.
+    async fn answer(s: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let done = |t: &str| {
+            let body = t.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            body.contains("c[") || body.contains("a[") || body.contains("o\n")
+        };
+        while !done(&String::from_utf8_lossy(&got)) {
+            match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!("no answer: {other:?} {}", String::from_utf8_lossy(&got)),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    for transport in ["xhr_streaming", "xhr"] {
+        for _ in 0..20 {
+            let path = format!("/ws/v1/offline-store-pad/000/{}/{transport}", session_id());
+            let mut first = open(addr, &path).await;
+            assert!(answer(&mut first).await.contains("o\n"));
+            if transport == "xhr" {
+                // The polling session's receiver: the next poll, waiting.
+                first = open(addr, &path).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(first);
+            let mut next = open(addr, &path).await;
+            let got = answer(&mut next).await;
+            assert!(!got.contains("2010"), "{transport}: {got}");
+            assert!(
+                got.contains("c[1002,\"Connection interrupted\"]"),
+                "{transport}: {got}"
+            );
+        }
+    }
+    ctx.finish().await;
+}

@@ -355,14 +355,17 @@ async fn transport(
             let body = request.into_body();
             xhr_send(&s, &session, client, &headers, body).await
         }
-        (Kind::Polling | Kind::Streaming, Method::POST) => receive(
-            &s,
-            &session,
-            client,
-            &headers,
-            handshake,
-            kind == Kind::Streaming,
-        ),
+        (Kind::Polling | Kind::Streaming, Method::POST) => {
+            receive(
+                &s,
+                &session,
+                client,
+                &headers,
+                handshake,
+                kind == Kind::Streaming,
+            )
+            .await
+        }
         _ => method_not_allowed("OPTIONS, POST"),
     }
 }
@@ -407,7 +410,7 @@ fn xhr_headers(headers: &HeaderMap, resp: &mut Response, content_type: &'static 
 /// `xhr` and `xhr_streaming`: opens the session if new, else becomes its
 /// receiver; polling answers one frame, streaming keeps writing frames
 /// until `STREAMING_LIMIT` bytes or the close.
-fn receive(
+async fn receive(
     s: &SockJs,
     id: &str,
     client: std::net::IpAddr,
@@ -433,7 +436,7 @@ fn receive(
     if session.peer != client {
         return not_found();
     }
-    let (guard, refused) = match session.attach() {
+    let (guard, refused) = match session.attach().await {
         Attach::Receiver(guard) => (Some(guard), None),
         Attach::Refused(why) => (None, Some(why)),
     };

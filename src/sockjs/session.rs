@@ -38,6 +38,10 @@ const MAX_INBOUND: usize = 8;
 pub const MAX_SESSIONS_PER_ADDRESS: usize = 256;
 /// Sessions in all on this instance.
 pub const MAX_SESSIONS: usize = 100_000;
+/// How long a second receiver waits for the first to go before it is
+/// refused with 2010: a client that aborts a request and opens the next at
+/// once must not lose the race with the server noticing the abort.
+const RECEIVER_GRACE: Duration = Duration::from_millis(250);
 
 /// Every live HTTP-transport session of this instance.
 #[derive(Default)]
@@ -111,6 +115,7 @@ impl Registry {
             }),
             ready: Notify::new(),
             room: Notify::new(),
+            detached: Notify::new(),
             ended: CancellationToken::new(),
             inbound: tx,
         });
@@ -158,6 +163,8 @@ pub struct XhrSession {
     ready: Notify,
     /// Wakes the STOMP side: the receiver took messages.
     room: Notify,
+    /// Wakes requests waiting to become the receiver: the receiver went.
+    detached: Notify,
     /// Cancelled when the session closes (the STOMP side stops reading).
     ended: CancellationToken,
     /// Client messages for the STOMP side.
@@ -199,8 +206,20 @@ impl XhrSession {
         self.ready.notify_one();
     }
 
-    /// Makes the calling request the session's receiver.
-    pub fn attach(self: &Arc<Self>) -> Attach {
+    /// Makes the calling request the session's receiver; while another
+    /// request is, waits `RECEIVER_GRACE` for it to go first.
+    pub async fn attach(self: &Arc<Self>) -> Attach {
+        let deadline = Instant::now() + RECEIVER_GRACE;
+        loop {
+            // Created before the check, so a detach in between wakes it.
+            let gone = self.detached.notified();
+            if !self.state().receiver {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, gone).await.is_err() {
+                return Attach::Refused(Close::AnotherConnection);
+            }
+        }
         let mut st = self.state();
         if st.receiver {
             return Attach::Refused(Close::AnotherConnection);
@@ -284,6 +303,7 @@ impl Drop for ReceiverGuard {
         st.receiver = false;
         st.detached_at = Instant::now();
         drop(st);
+        self.session.detached.notify_waiters();
         if !self.finished {
             tracing::debug!(session = %self.session.id, "SockJS receiver cut off");
             self.session.close(Close::Interrupted);
