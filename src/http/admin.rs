@@ -17,9 +17,8 @@ use chrono::{NaiveDate, TimeZone};
 use serde_json::{json, Map, Value};
 
 use super::api::call_json;
-use super::auth::{authorize_admin, Bearer};
+use super::auth::Admin;
 use super::body::{media_type, read_limited};
-use super::client_ip::ClientAddr;
 use super::error::ApiError;
 use crate::call::{kst_offset, to_utc_millis_string, CallStatus};
 use crate::cdr::normalize_number;
@@ -118,20 +117,17 @@ async fn store_json(app: &App, slugs: Option<&str>) -> Result<Vec<Value>, ApiErr
 }
 
 /// `GET /api/admin/stores`
-pub async fn stores(State(app): State<App>, client: ClientAddr, bearer: Bearer) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
+pub async fn stores(State(app): State<App>, _admin: Admin) -> ApiResult {
     Ok(Json(Value::Array(store_json(&app, None).await?)).into_response())
 }
 
 /// `POST /api/admin/stores` `{"slug", "name", "numbers": [..]}`
 pub async fn store_create(
     State(app): State<App>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let obj = json_body(&headers, body).await?;
     let slug = string_field(&obj, "slug")?.unwrap_or("");
     if !valid_slug(slug) {
@@ -173,10 +169,8 @@ pub async fn store_create(
 pub async fn store_show(
     State(app): State<App>,
     Path(slug): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let Some(mut one) = store_json(&app, Some(&slug)).await?.into_iter().next() else {
         return Err(ApiError::NotFound("no such store"));
     };
@@ -193,12 +187,10 @@ pub async fn store_show(
 pub async fn store_edit(
     State(app): State<App>,
     Path(slug): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let obj = json_body(&headers, body).await?;
     let name = store_name(&obj)?;
     if !app.db.store_rename(&slug, &name).await? {
@@ -214,10 +206,8 @@ pub async fn store_edit(
 pub async fn store_remove(
     State(app): State<App>,
     Path(slug): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let f = app.db.store_footprint(&slug).await?;
     if !app.db.store_remove(&slug).await? {
         return Err(ApiError::NotFound("no such store"));
@@ -236,12 +226,10 @@ pub async fn store_remove(
 pub async fn number_add(
     State(app): State<App>,
     Path(slug): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let obj = json_body(&headers, body).await?;
     let Some(raw) = string_field(&obj, "number")? else {
         return Err(ApiError::invalid("number", "required"));
@@ -263,10 +251,8 @@ pub async fn number_add(
 pub async fn number_remove(
     State(app): State<App>,
     Path((slug, raw)): Path<(String, String)>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let number = store_number("number", &raw)?;
     if !app.db.store_number_remove(&slug, &number).await? {
         return Err(ApiError::NotFound("no such number for this store"));
@@ -277,13 +263,7 @@ pub async fn number_remove(
 }
 
 /// `GET /api/admin/stores/{slug}/tokens`
-pub async fn tokens(
-    State(app): State<App>,
-    Path(slug): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
-) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
+pub async fn tokens(State(app): State<App>, Path(slug): Path<String>, _admin: Admin) -> ApiResult {
     if !app.db.store_exists(&slug).await? {
         return Err(ApiError::NotFound("no such store"));
     }
@@ -361,12 +341,10 @@ fn tablet_url(base: Option<&str>, headers: &HeaderMap, token: &str) -> Result<St
 pub async fn token_issue(
     State(app): State<App>,
     Path(slug): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let obj = json_body(&headers, body).await?;
     let label = string_field(&obj, "label")?
         .unwrap_or("")
@@ -415,10 +393,8 @@ pub async fn token_issue(
 pub async fn token_revoke(
     State(app): State<App>,
     Path(id): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let Some(store) = app.db.token_store(&id).await? else {
         return Err(ApiError::NotFound("no such token"));
     };
@@ -428,8 +404,7 @@ pub async fn token_revoke(
 }
 
 /// `GET /api/admin/instances`: the instances alive now and their tablets.
-pub async fn instances(State(app): State<App>, client: ClientAddr, bearer: Bearer) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
+pub async fn instances(State(app): State<App>, _admin: Admin) -> ApiResult {
     let list = app.db.instances_alive(alive_since()).await?;
     let out: Vec<Value> = list
         .iter()
@@ -454,10 +429,8 @@ pub async fn instances(State(app): State<App>, client: ClientAddr, bearer: Beare
 pub async fn calls(
     State(app): State<App>,
     Query(q): Query<HashMap<String, String>>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     let mut f = CallFilter {
         limit: 100,
         ..CallFilter::default()
@@ -538,10 +511,8 @@ fn verdict(acknowledged: bool, published: bool, trail: &[TrailRow]) -> &'static 
 pub async fn call_trail(
     State(app): State<App>,
     Path(seq): Path<String>,
-    client: ClientAddr,
-    bearer: Bearer,
+    _admin: Admin,
 ) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
     if seq.is_empty() || seq.len() > 64 {
         return Err(ApiError::NotFound("no such call"));
     }
@@ -621,8 +592,7 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(2);
 /// `presence` whenever tablets online per store change across the cluster
 /// (and once at the start). The page reads it with `fetch`, which can send
 /// the `Authorization` header (`EventSource` cannot).
-pub async fn events(State(app): State<App>, client: ClientAddr, bearer: Bearer) -> ApiResult {
-    authorize_admin(&app, client, &bearer)?;
+pub async fn events(State(app): State<App>, _admin: Admin) -> ApiResult {
     struct Live {
         app: App,
         calls: tokio::sync::broadcast::Receiver<crate::call::CallEvent>,

@@ -74,6 +74,25 @@ impl Tablet {
     }
 }
 
+/// An operator signed in with `admin.token`, as an extractor: the admin
+/// routes take this instead of checking the token themselves.
+pub struct Admin;
+
+impl<S> FromRequestParts<S> for Admin
+where
+    App: axum::extract::FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let app = <App as axum::extract::FromRef<S>>::from_ref(state);
+        let Ok(client) = ClientAddr::from_request_parts(parts, state).await;
+        authorize_admin(&app, client, &Bearer::from_headers(&parts.headers))?;
+        Ok(Admin)
+    }
+}
+
 /// Checks the admin token; `404` while `admin.token` is unset.
 pub fn authorize_admin(app: &App, client: ClientAddr, bearer: &Bearer) -> Result<(), ApiError> {
     let expected = &app.config.admin.token;
