@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::http::conn::{Conn, Limits, Timeouts, Tracked};
@@ -31,6 +32,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// The longest a stopping instance waits for tablets to go and requests
 /// to finish before it closes its listeners.
 const DRAIN_FOR: Duration = Duration::from_secs(3);
+/// The longest a stopping instance waits for its background jobs (a
+/// retention delete under way, the presence goodbye).
+const JOBS_WITHIN: Duration = Duration::from_secs(10);
 
 /// Everything a request handler needs, cheap to clone.
 #[derive(Clone)]
@@ -184,12 +188,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         describe_bus(&config),
     );
 
-    tokio::spawn(retention(app.clone()));
-    tokio::spawn(revocation(app.clone()));
-    let presence = tokio::spawn(crate::presence::run(app.clone()));
+    // Background jobs, waited for on stop before the database closes.
+    let jobs = TaskTracker::new();
+    jobs.spawn(retention(app.clone()));
+    jobs.spawn(revocation(app.clone()));
+    jobs.spawn(crate::presence::run(app.clone()));
     // On stop, every tablet is told to reconnect (to another instance).
     let closing = app.clone();
-    tokio::spawn(async move {
+    jobs.spawn(async move {
         closing.shutdown.cancelled().await;
         closing.hub.close_all("server restart").await;
     });
@@ -255,7 +261,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let result: std::io::Result<()> = Ok(());
-        let _ = presence.await;
+        jobs.close();
+        if tokio::time::timeout(JOBS_WITHIN, jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "background jobs still running {JOBS_WITHIN:?} after the stop; stopping anyway"
+            );
+        }
         served.trail.flush().await;
         served.bus.shutdown().await;
         served.db.close().await;
