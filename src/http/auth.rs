@@ -75,7 +75,8 @@ impl Tablet {
 }
 
 /// An operator signed in with `admin.token`, as an extractor: the admin
-/// routes take this instead of checking the token themselves.
+/// routes take this instead of checking the token themselves. `404` while
+/// `admin.token` is unset.
 pub struct Admin;
 
 impl<S> FromRequestParts<S> for Admin
@@ -87,32 +88,24 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = <App as axum::extract::FromRef<S>>::from_ref(state);
-        let Ok(client) = ClientAddr::from_request_parts(parts, state).await;
-        authorize_admin(&app, client, &Bearer::from_headers(&parts.headers))?;
-        Ok(Admin)
+        let expected = &app.config.admin.token;
+        if expected.is_empty() {
+            return Err(ApiError::NotFound(
+                "admin endpoints are off (admin.token is not set)",
+            ));
+        }
+        let Ok(ClientAddr(client)) = ClientAddr::from_request_parts(parts, state).await;
+        app.logins
+            .check(Surface::Admin, client)
+            .map_err(ApiError::TooManyFailures)?;
+        if Bearer::from_headers(&parts.headers)
+            .0
+            .is_some_and(|t| token::secret_matches(&t, expected))
+        {
+            return Ok(Admin);
+        }
+        app.logins
+            .failed(Surface::Admin, client, "missing or wrong admin token");
+        Err(ApiError::Unauthorized("unauthorized"))
     }
-}
-
-/// Checks the admin token; `404` while `admin.token` is unset.
-pub fn authorize_admin(app: &App, client: ClientAddr, bearer: &Bearer) -> Result<(), ApiError> {
-    let expected = &app.config.admin.token;
-    if expected.is_empty() {
-        return Err(ApiError::NotFound(
-            "admin endpoints are off (admin.token is not set)",
-        ));
-    }
-    let ClientAddr(client) = client;
-    app.logins
-        .check(Surface::Admin, client)
-        .map_err(ApiError::TooManyFailures)?;
-    if bearer
-        .0
-        .as_deref()
-        .is_some_and(|t| token::secret_matches(t, expected))
-    {
-        return Ok(());
-    }
-    app.logins
-        .failed(Surface::Admin, client, "missing or wrong admin token");
-    Err(ApiError::Unauthorized("unauthorized"))
 }
