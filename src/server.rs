@@ -246,21 +246,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 || limits.requests() > 0
                 || webhook.as_ref().is_some_and(|(_, l)| l.requests() > 0)
         };
-        let deadline = tokio::time::Instant::now() + DRAIN_FOR;
-        while busy() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        settle(DRAIN_FOR, busy).await;
         closed.cancel();
         let _ = accepting.await;
         if let Some((w, _)) = webhook {
             let _ = w.await;
         }
         // Idle connections close at once, others as their answer is written.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while limits.open() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let result: std::io::Result<()> = Ok(());
+        settle(Duration::from_secs(1), || limits.open() > 0).await;
         jobs.close();
         if tokio::time::timeout(JOBS_WITHIN, jobs.wait())
             .await
@@ -274,7 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         served.bus.shutdown().await;
         served.db.close().await;
         tracing::info!("bizcall stopped");
-        result.map_err(anyhow::Error::from)
+        Ok(())
     });
     Ok(Server {
         addr,
@@ -282,6 +275,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         app,
         task,
     })
+}
+
+/// Waits while `busy` says so, at most `within`.
+async fn settle(within: Duration, busy: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while busy() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One listening socket: its routes, caps and timeouts.

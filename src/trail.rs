@@ -151,8 +151,9 @@ impl Trail {
     /// An event of `seq` was queued for the tablets of `tokens` here
     /// (none: no tablet online), `slow` of which were dropped as slow.
     pub fn reached<'a>(&self, seq: &str, tokens: impl Iterator<Item = &'a str>, slow: usize) {
-        let tokens: Vec<&str> = tokens.collect();
-        self.note(seq, !tokens.is_empty(), |e, now| {
+        let mut tokens = tokens.peekable();
+        let any = tokens.peek().is_some();
+        self.note(seq, any, |e, now| {
             e.reached_at.get_or_insert(now);
             e.last_at = Some(now);
             let mut queued = 0i64;
