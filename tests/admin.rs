@@ -667,16 +667,9 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
     let mut instances: Vec<Instance> = (0..3)
         .map(|_| Instance::spawn(dir.path(), &common::env_refs(&env)))
         .collect();
+    let admin_get = |url: String| async move { common::get_json(&url, ADMIN).await };
     let online = |base: String| async move {
-        let list: Value = common::http()
-            .get(format!("{base}/api/admin/stores"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = admin_get(format!("{base}/api/admin/stores")).await;
         list[0]["tabletsOnline"].as_i64().unwrap()
     };
     // One tablet on instance 0, two on instance 1; instance 2 has none.
@@ -696,18 +689,7 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
         },
     )
     .await;
-    let (_, listed) = {
-        let r: Value = common::http()
-            .get(format!("{third}/api/admin/instances"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (0, r)
-    };
+    let listed = admin_get(format!("{third}/api/admin/instances")).await;
     assert_eq!(listed["instances"].as_array().unwrap().len(), 3, "{listed}");
     let stale = listed["staleAfterSeconds"].as_i64().unwrap();
     assert_eq!(stale, bizcall::presence::STALE.as_secs() as i64);
@@ -729,21 +711,7 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
     for t in tablets.iter_mut() {
         assert_eq!(t.expect("MESSAGE").await.json()["callId"], "trail-3");
     }
-    let trail_of = |seq: &'static str| {
-        let third = third.clone();
-        async move {
-            let t: Value = common::http()
-                .get(format!("{third}/api/admin/calls/{seq}"))
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            t
-        }
-    };
+    let trail_of = |seq: &'static str| admin_get(format!("{third}/api/admin/calls/{seq}"));
     let outcomes = |t: &Value| -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = t["trail"]["instances"]
             .as_array()
@@ -821,15 +789,7 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
     };
     // Its last heart-beat, read once it can no longer change.
     let alive: Vec<String> = {
-        let r: Value = common::http()
-            .get(format!("{third}/api/admin/instances"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = admin_get(format!("{third}/api/admin/instances")).await;
         r["instances"]
             .as_array()
             .unwrap()
@@ -860,15 +820,7 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
     for t in tablets.iter_mut().skip(1) {
         assert!(t.closed_within(Duration::from_secs(10)).await);
     }
-    let r: Value = common::http()
-        .get(format!("{third}/api/admin/instances"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = admin_get(format!("{third}/api/admin/instances")).await;
     assert_eq!(r["instances"].as_array().unwrap().len(), 2, "{r}");
 
     // A graceful stop removes an instance's presence at once.

@@ -36,6 +36,12 @@ pub struct Tablet {
 /// When each call's CDR was first posted.
 pub type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// Sends `frame` and waits up to 5 s for a frame of command `answer`.
+async fn exchange(c: &mut Client, frame: &str, answer: &str) -> bool {
+    c.send_raw(frame).await;
+    matches!(c.poll(Duration::from_secs(5)).await, Polled::Frame(f) if f.command == answer)
+}
+
 /// Runs one tablet of `slug` against `base` until `stop`.
 pub async fn run_tablet(
     base: String,
@@ -56,21 +62,15 @@ pub async fn run_tablet(
         let Some(mut c) = Client::try_open(&ws).await else {
             continue;
         };
-        c.send_raw(&format!(
-            "CONNECT\naccept-version:1.2\npasscode:{token}\nheart-beat:0,0\n\n\0"
-        ))
-        .await;
-        match c.poll(Duration::from_secs(5)).await {
-            Polled::Frame(f) if f.command == "CONNECTED" => {}
-            _ => continue,
-        }
-        c.send_raw(&format!(
+        let connect =
+            format!("CONNECT\naccept-version:1.2\npasscode:{token}\nheart-beat:0,0\n\n\0");
+        let subscribe = format!(
             "SUBSCRIBE\nid:0\ndestination:/topic/call-store/{slug}\nack:auto\nreceipt:s\n\n\0"
-        ))
-        .await;
-        match c.poll(Duration::from_secs(5)).await {
-            Polled::Frame(f) if f.command == "RECEIPT" => {}
-            _ => continue,
+        );
+        if !exchange(&mut c, &connect, "CONNECTED").await
+            || !exchange(&mut c, &subscribe, "RECEIPT").await
+        {
+            continue;
         }
         // Recover what was missed while away, as the tablet page does.
         let list = super::http()

@@ -466,6 +466,19 @@ pub async fn metric_labelled(base: &str, name: &str, label: &str) -> f64 {
 }
 
 /// Posts a provider-shaped CDR form; returns the status code.
+/// `GET url` with `Authorization: Bearer <bearer>`, read as JSON.
+pub async fn get_json(url: &str, bearer: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
     match http()
         .post(format!("{base}/bizcall/cdr"))
