@@ -250,6 +250,14 @@ impl BusEvent {
         }
     }
 
+    /// The slug of the store whose call it is.
+    pub fn store(&self) -> &str {
+        match self {
+            BusEvent::Call(e) => &e.store,
+            BusEvent::Handled(e) => &e.store,
+        }
+    }
+
     /// When it was published (a handled event: when the call was taken).
     pub fn published_at(&self) -> DateTime<Utc> {
         match self {

@@ -170,6 +170,26 @@ pub enum AckMode {
     Manual,
 }
 
+/// How call events reach instances (`amqp.routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// One fanout exchange: every instance receives every event.
+    Fanout,
+    /// One direct exchange keyed by store slug: an instance receives the
+    /// events of the stores it holds tablets of.
+    Store,
+}
+
+impl Routing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Fanout => "fanout",
+            Routing::Store => "store",
+        }
+    }
+}
+
 /// The kind of the dead-letter queue (docs/rabbitmq.md, "Dead letters").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,10 +223,28 @@ pub struct AmqpConfig {
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
     pub dead_letter_queue_type: QueueType,
+    /// How events reach instances: every instance gets every event
+    /// (`fanout`), or only the instances with a tablet of its store
+    /// (`store`, docs/rabbitmq.md "Store-routed delivery").
+    pub routing: Routing,
+    /// The direct exchange of `routing = "store"`; empty: `<exchange>-store`.
+    pub routed_exchange: String,
+    /// How long a store stays bound after its last tablet here left.
+    #[serde(with = "duration_str")]
+    pub unbind_grace: Duration,
     pub tls: AmqpTlsConfig,
 }
 
 impl AmqpConfig {
+    /// The direct exchange store-routed events go to.
+    pub fn routed_exchange(&self) -> String {
+        if self.routed_exchange.is_empty() {
+            format!("{}-store", self.exchange)
+        } else {
+            self.routed_exchange.clone()
+        }
+    }
+
     /// The broker nodes in `url`, in the order written.
     pub fn nodes(&self) -> Vec<String> {
         self.url
@@ -264,6 +302,9 @@ impl Default for AmqpConfig {
             dead_letter_exchange: "bizcall-dlx".into(),
             dead_letter_queue: "bizcall-dlq".into(),
             dead_letter_queue_type: QueueType::Quorum,
+            routing: Routing::Fanout,
+            routed_exchange: String::new(),
+            unbind_grace: Duration::from_secs(30),
             tls: AmqpTlsConfig::default(),
         }
     }
@@ -508,6 +549,16 @@ impl Config {
             return bad(
                 "amqp.retry_max_attempts",
                 "must be at least 1 (it counts attempts, the first included)",
+            );
+        }
+        if self.amqp.unbind_grace > MAX_TTL {
+            return bad("amqp.unbind_grace", "must be at most a day (\"24h\")");
+        }
+        if self.amqp.routing == Routing::Store && self.amqp.routed_exchange() == self.amqp.exchange
+        {
+            return bad(
+                "amqp.routed_exchange",
+                "must differ from amqp.exchange (one is fanout, the other direct)",
             );
         }
         if self.amqp.prefetch == 0 {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, oneshot, Notify};
 
-use crate::bus::{EventHandler, HandleError, Handled};
+use crate::bus::{Bus, EventHandler, HandleError, Handled, Interest};
 use crate::call::{CallEvent, EventKind, HandledEvent};
 use crate::config::Config;
 use crate::db::Db;
@@ -383,6 +383,9 @@ pub struct Hub {
     watchers: broadcast::Sender<CallEvent>,
     /// This instance's part of calls' delivery trails (set at start).
     trail: std::sync::OnceLock<Arc<Trail>>,
+    /// Told when a store's first tablet comes and its last one leaves
+    /// (set at start; weak, since the bus holds the hub).
+    bus: std::sync::OnceLock<std::sync::Weak<dyn Bus>>,
 }
 
 impl Hub {
@@ -403,6 +406,20 @@ impl Hub {
             waiting: Mutex::new(HashMap::new()),
             watchers,
             trail: std::sync::OnceLock::new(),
+            bus: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Tells `bus` from now on which stores have tablets here.
+    pub fn attach_bus(&self, bus: &Arc<dyn Bus>) {
+        let _ = self.bus.set(Arc::downgrade(bus));
+    }
+
+    /// Called with the tablets' lock held, so changes reach the bus in the
+    /// order they happened.
+    fn tell_bus(&self, change: Interest) {
+        if let Some(bus) = self.bus.get().and_then(std::sync::Weak::upgrade) {
+            bus.interest(change);
         }
     }
 
@@ -481,9 +498,11 @@ impl Hub {
         let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
         if !joined.iter().any(|s| s == store) {
             joined.push(store.to_string());
-            all.entry(store.to_string())
-                .or_default()
-                .insert(tablet.id, tablet.clone());
+            let tablets = all.entry(store.to_string()).or_default();
+            tablets.insert(tablet.id, tablet.clone());
+            if tablets.len() == 1 {
+                self.tell_bus(Interest::Follow(store.to_string()));
+            }
         }
         self.gauge(&all);
     }
@@ -496,6 +515,7 @@ impl Hub {
                 store.remove(&tablet.id);
                 if store.is_empty() {
                     all.remove(name);
+                    self.tell_bus(Interest::Unfollow(name.clone()));
                 }
             }
         }
@@ -771,11 +791,40 @@ impl EventHandler for Hub {
     /// made). Only past `CATCH_UP_MAX` changes, the oldest, closest to
     /// expiry, are left out; that is logged and counted.
     async fn resync(&self) {
+        let stores: Vec<String> = self.stores_here().into_iter().collect();
+        if let Some((changes, pages, took)) = self.catch_up(&stores).await {
+            tracing::info!(
+                changes,
+                stores = stores.len(),
+                pages,
+                took_ms = took.as_millis() as u64,
+                "caught up after a bus gap"
+            );
+        }
+    }
+
+    /// Store-routed delivery bound these stores just now: the same replay,
+    /// for them only.
+    async fn replay(&self, stores: &[String]) {
+        if let Some((changes, _, took)) = self.catch_up(stores).await {
+            tracing::debug!(
+                changes,
+                stores = stores.len(),
+                took_ms = took.as_millis() as u64,
+                "replayed after binding"
+            );
+        }
+    }
+}
+
+impl Hub {
+    /// Replays every change of `stores` still inside its TTL; returns the
+    /// changes, pages and time it took, or `None` when it stopped early.
+    async fn catch_up(&self, stores: &[String]) -> Option<(usize, usize, std::time::Duration)> {
         let ttl = self.config.bus.message_ttl;
         let since = Utc::now() - self.config.bus.ttl();
-        let stores: Vec<String> = self.stores_here().into_iter().collect();
         if stores.is_empty() {
-            return;
+            return None;
         }
         let started = std::time::Instant::now();
         let mut offered: usize = 0;
@@ -785,27 +834,27 @@ impl EventHandler for Hub {
             let before = cursor.as_ref().map(|(at, seq)| (*at, seq.as_str()));
             let rows = match self
                 .db
-                .calls_changed_since(&stores, since, before, CATCH_UP_PAGE)
+                .calls_changed_since(stores, since, before, CATCH_UP_PAGE)
                 .await
             {
                 Ok(rows) => rows,
                 Err(e) => {
-                    tracing::warn!(error = %e, changes = offered, "could not finish catching up after a bus gap");
-                    return;
+                    tracing::warn!(error = %e, changes = offered, "could not finish catching up from the database");
+                    return None;
                 }
             };
             pages += 1;
             let full = rows.len() == CATCH_UP_PAGE as usize;
             if offered + rows.len() > CATCH_UP_MAX {
-                let left = self.count_left(&stores, since, &rows).await;
+                let left = self.count_left(stores, since, &rows).await;
                 m::catch_up_cut(left as u64);
                 tracing::warn!(
                     replayed = offered,
                     left_out = left,
                     limit = CATCH_UP_MAX,
-                    "catch-up after a bus gap cut: the oldest changes are only in the call list"
+                    "catch-up cut: the oldest changes are only in the call list"
                 );
-                return;
+                return None;
             }
             for row in &rows {
                 let at = crate::db::from_millis(row.updated_at);
@@ -818,13 +867,7 @@ impl EventHandler for Hub {
                 _ => break,
             }
         }
-        tracing::info!(
-            changes = offered,
-            stores = stores.len(),
-            pages,
-            took_ms = started.elapsed().as_millis() as u64,
-            "caught up after a bus gap"
-        );
+        Some((offered, pages, started.elapsed()))
     }
 }
 

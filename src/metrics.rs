@@ -114,6 +114,14 @@ fn describe() {
         "failed or refused tablet and admin sign-ins, by surface (stomp, api, admin)"
     );
     describe_gauge!(
+        "bizcall_bus_bound_stores",
+        "stores this instance's queue is bound to (amqp.routing = \"store\")"
+    );
+    describe_counter!(
+        "bizcall_bus_bindings_total",
+        "store bindings made (bind) and removed (unbind), amqp.routing = \"store\""
+    );
+    describe_gauge!(
         "bizcall_connections_open",
         "open TCP connections, by listener (main or webhook)"
     );
@@ -180,6 +188,10 @@ fn register() {
     ] {
         counter!(name).increment(0);
     }
+    for op in ["bind", "unbind"] {
+        counter!("bizcall_bus_bindings_total", "op" => op).increment(0);
+    }
+    bound_stores(0);
     tablets(0, 0, 0);
     sockjs_sessions(0);
 }
@@ -267,6 +279,12 @@ pub fn caught_up(n: u64) {
 }
 pub fn catch_up_cut(n: u64) {
     counter!("bizcall_catch_up_cut_total").increment(n);
+}
+pub fn bound_stores(n: usize) {
+    gauge!("bizcall_bus_bound_stores").set(n as f64);
+}
+pub fn binding(op: &'static str) {
+    counter!("bizcall_bus_bindings_total", "op" => op).increment(1);
 }
 pub fn connections_open(listener: &'static str, n: usize) {
     gauge!("bizcall_connections_open", "listener" => listener).set(n as f64);

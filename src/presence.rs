@@ -100,6 +100,7 @@ pub async fn run(app: App) {
                 name: me.name.clone(),
                 started_at: me.started_at,
                 heartbeat_at: now_millis(),
+                bus: Some(crate::server::bus_mode(&app.config).into()),
             };
             match app.db.presence_beat(&row, &set, &gone, &seen).await {
                 Ok(()) => {

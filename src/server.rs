@@ -140,10 +140,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let trail = crate::trail::Trail::start(db.clone(), identity.id.clone(), shutdown.clone());
     hub.attach_trail(trail.clone());
     let handler: Arc<dyn EventHandler> = hub.clone();
+    if config.bus.kind == BusKind::Amqp {
+        same_routing_as_live_instances(&db, &config).await?;
+    }
     let bus: SharedBus = match config.bus.kind {
         BusKind::Local => Arc::new(LocalBus::start(handler)),
         BusKind::Amqp => crate::bus::amqp::AmqpBus::start(&config, handler).await?,
     };
+    hub.attach_bus(&bus);
     let app = App {
         config: config.clone(),
         db: db.clone(),
@@ -480,12 +484,50 @@ async fn revocation(app: App) {
 }
 
 /// A URL fit for logs: any password replaced.
+/// How this instance's bus delivers, as the `instances` table records it.
+pub fn bus_mode(config: &Config) -> &'static str {
+    match config.bus.kind {
+        BusKind::Local => "local",
+        BusKind::Amqp => config.amqp.routing.as_str(),
+    }
+}
+
+/// Fanout and store-routed instances do not see each other's events
+/// (docs/rabbitmq.md, "Store-routed delivery"): an instance whose
+/// `amqp.routing` differs from a live instance's refuses to start.
+async fn same_routing_as_live_instances(db: &Db, config: &Config) -> anyhow::Result<()> {
+    let mine = bus_mode(config);
+    let live = match db.instances_alive(crate::presence::alive_since()).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the live instances' routing");
+            return Ok(());
+        }
+    };
+    let other = live.iter().find(|i| {
+        i.bus
+            .as_deref()
+            .is_some_and(|b| (b == "fanout" || b == "store") && b != mine)
+    });
+    if let Some(other) = other {
+        let theirs = other.bus.as_deref().unwrap_or_default();
+        let ago = (crate::db::now_millis() - other.heartbeat_at).max(0) / 1000;
+        anyhow::bail!(
+            "amqp.routing is \"{mine}\" but instance {} (heard from {ago} s ago) uses \"{theirs}\": \
+             the two never see each other's calls, so every instance must use the same routing; \
+             stop the {theirs} instances first (or set amqp.routing = \"{theirs}\")",
+            other.name
+        );
+    }
+    Ok(())
+}
+
 /// The bus as the start-up line names it.
 pub fn describe_bus(config: &Config) -> String {
     match config.bus.kind {
         BusKind::Local => "in-process (one instance)".into(),
         BusKind::Amqp => format!(
-            "RabbitMQ {}, exchange {}",
+            "RabbitMQ {}, {}",
             config
                 .amqp
                 .nodes()
@@ -493,7 +535,11 @@ pub fn describe_bus(config: &Config) -> String {
                 .map(|n| without_password(n))
                 .collect::<Vec<_>>()
                 .join(", "),
-            config.amqp.exchange
+            match config.amqp.routing {
+                crate::config::Routing::Fanout => format!("exchange {}", config.amqp.exchange),
+                crate::config::Routing::Store =>
+                    format!("store-routed, exchange {}", config.amqp.routed_exchange()),
+            }
         ),
     }
 }

@@ -1,6 +1,8 @@
 //! One set of behaviour tests run against both buses: the in-process bus
 //! and RabbitMQ (the real broker on 127.0.0.1:5672). Plus the RabbitMQ
-//! bus's own rules: retry with backoff, poison messages, ack modes.
+//! bus's own rules: retry with backoff, poison messages, ack modes, each
+//! run with both routings (`amqp.routing` fanout and store), and store
+//! routing's binding and unbinding.
 
 mod common;
 
@@ -9,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bizcall::bus::local::LocalBus;
-use bizcall::bus::{Bus, BusState, EventHandler, HandleError, Handled};
+use bizcall::bus::{Bus, BusState, EventHandler, HandleError, Handled, Interest};
 use bizcall::call::{CallEvent, CallStatus, EventKind};
-use bizcall::config::{AckMode, Config};
+use bizcall::config::{AckMode, Config, Routing};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +31,8 @@ struct Recorder {
     behaviour: Behaviour,
     seen: mpsc::UnboundedSender<(CallEvent, Instant)>,
     acks: Mutex<Vec<oneshot::Sender<()>>>,
+    /// Stores the bus asked to replay (store routing bound them).
+    replays: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -45,6 +49,10 @@ impl EventHandler for Recorder {
             }
         }
     }
+
+    async fn replay(&self, stores: &[String]) {
+        self.replays.lock().unwrap().extend(stores.iter().cloned());
+    }
 }
 
 fn recorder(
@@ -56,6 +64,7 @@ fn recorder(
             behaviour,
             seen: tx,
             acks: Mutex::new(Vec::new()),
+            replays: Mutex::new(Vec::new()),
         }),
         rx,
     )
@@ -90,8 +99,14 @@ async fn nothing_more(rx: &mut mpsc::UnboundedReceiver<(CallEvent, Instant)>) {
     assert!(rx.try_recv().is_err(), "no further event");
 }
 
-/// The contract every bus meets.
-async fn contract(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<(CallEvent, Instant)>) {
+/// The contract every bus meets. `everything`: the bus delivers every
+/// store's events here (all but store routing, which delivers only the
+/// stores followed: "s1").
+async fn contract(
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::UnboundedReceiver<(CallEvent, Instant)>,
+    everything: bool,
+) {
     assert_eq!(bus.state(), BusState::Up);
     // Events arrive whole and in order.
     for i in 0..20 {
@@ -103,6 +118,13 @@ async fn contract(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<(CallEvent,
         let (ev, _) = recv(&mut rx).await;
         assert_eq!(ev.call_id, format!("c{i}"));
         assert_eq!(ev.store, "s1");
+    }
+    // Another store's event arrives only where every event does.
+    bus.publish(&event("elsewhere", "s9", Duration::from_secs(30)))
+        .await
+        .expect("published");
+    if everything {
+        assert_eq!(recv(&mut rx).await.0.call_id, "elsewhere");
     }
     // An event already past its expiry is never handed over.
     let mut stale = event("stale", "s1", Duration::from_secs(30));
@@ -119,18 +141,24 @@ async fn contract(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<(CallEvent,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_bus_meets_the_contract() {
     let (handler, rx) = recorder(Behaviour::Accept);
-    contract(Arc::new(LocalBus::start(handler)), rx).await;
+    contract(Arc::new(LocalBus::start(handler)), rx, true).await;
 }
 
+/// A RabbitMQ bus with `routing`, up; with store routing it follows
+/// `follows` and returns once the broker confirmed their bindings (the bus
+/// then asks the handler to replay them).
 async fn amqp_bus(
     broker: &common::Broker,
+    routing: Routing,
+    follows: &[&str],
     tweak: impl FnOnce(&mut Config),
-    handler: Arc<dyn EventHandler>,
+    handler: Arc<Recorder>,
 ) -> Arc<dyn Bus> {
     let mut config = Config::default();
     broker.apply(&mut config);
+    config.amqp.routing = routing;
     tweak(&mut config);
-    let bus = bizcall::bus::amqp::AmqpBus::start(&config, handler)
+    let bus = bizcall::bus::amqp::AmqpBus::start(&config, handler.clone())
         .await
         .expect("bus starts");
     common::eventually(Duration::from_secs(10), "bus up", || {
@@ -138,16 +166,37 @@ async fn amqp_bus(
         async move { up }
     })
     .await;
+    if routing == Routing::Store {
+        for store in follows {
+            bus.interest(Interest::Follow(store.to_string()));
+        }
+        common::eventually(Duration::from_secs(10), "stores bound", || {
+            let replayed = handler.replays.lock().unwrap().clone();
+            let bound = follows.iter().all(|s| replayed.iter().any(|r| r == s));
+            async move { bound }
+        })
+        .await;
+    }
     bus
+}
+
+/// Where a foreign publisher reaches the bus for store `s`.
+fn raw_target(broker: &common::Broker, routing: Routing) -> (String, &'static str) {
+    match routing {
+        Routing::Fanout => (broker.exchange.clone(), ""),
+        Routing::Store => (broker.routed_exchange(), "s"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_bus_meets_the_contract() {
-    let broker = common::Broker::new();
-    let (handler, rx) = recorder(Behaviour::Accept);
-    let bus = amqp_bus(&broker, |_| {}, handler).await;
-    contract(bus, rx).await;
-    broker.cleanup().await;
+    for routing in [Routing::Fanout, Routing::Store] {
+        let broker = common::Broker::new();
+        let (handler, rx) = recorder(Behaviour::Accept);
+        let bus = amqp_bus(&broker, routing, &["s1"], |_| {}, handler).await;
+        contract(bus, rx, routing == Routing::Fanout).await;
+        broker.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,8 +204,8 @@ async fn every_rabbitmq_instance_gets_every_event() {
     let broker = common::Broker::new();
     let (h1, mut rx1) = recorder(Behaviour::Accept);
     let (h2, mut rx2) = recorder(Behaviour::Accept);
-    let a = amqp_bus(&broker, |_| {}, h1).await;
-    let b = amqp_bus(&broker, |_| {}, h2).await;
+    let a = amqp_bus(&broker, Routing::Fanout, &[], |_| {}, h1).await;
+    let b = amqp_bus(&broker, Routing::Fanout, &[], |_| {}, h2).await;
     a.publish(&event("x1", "s", Duration::from_secs(30)))
         .await
         .unwrap();
@@ -184,12 +233,13 @@ async fn every_rabbitmq_instance_gets_every_event() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_are_retried_with_backoff_then_dead_lettered() {
+async fn retried_with_backoff_then_dead_lettered(routing: Routing) {
     let broker = common::Broker::new();
     let (handler, mut rx) = recorder(Behaviour::Fail);
     let bus = amqp_bus(
         &broker,
+        routing,
+        &["s"],
         |c| {
             c.amqp.dead_letter = true;
             // Attempts in all, the first included: the first try and two retries.
@@ -218,8 +268,13 @@ async fn failures_are_retried_with_backoff_then_dead_lettered() {
 
     // A poison message goes straight to the dead-letter queue, and the
     // consumer keeps going.
-    broker.publish_raw(b"this is not a call event").await;
-    broker.publish_raw(b"{\"type\":\"call\"}").await;
+    let (exchange, key) = raw_target(&broker, routing);
+    broker
+        .publish_raw_to(&exchange, key, b"this is not a call event")
+        .await;
+    broker
+        .publish_raw_to(&exchange, key, b"{\"type\":\"call\"}")
+        .await;
     common::eventually(Duration::from_secs(10), "poison dead-lettered", || async {
         broker.dlq_depth().await == 3
     })
@@ -239,12 +294,13 @@ async fn failures_are_retried_with_backoff_then_dead_lettered() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_attempt_means_no_retry() {
+async fn no_retry_after_one_attempt(routing: Routing) {
     let broker = common::Broker::new();
     let (handler, mut rx) = recorder(Behaviour::Fail);
     let bus = amqp_bus(
         &broker,
+        routing,
+        &["s"],
         |c| {
             c.amqp.dead_letter = true;
             c.amqp.retry_max_attempts = 1;
@@ -268,12 +324,13 @@ async fn one_attempt_means_no_retry() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
+async fn manual_ack_holds_until_acknowledged(routing: Routing) {
     let broker = common::Broker::new();
     let (handler, mut rx) = recorder(Behaviour::AwaitAck);
     let bus = amqp_bus(
         &broker,
+        routing,
+        &["s"],
         |c| {
             c.amqp.ack_mode = AckMode::Manual;
             c.amqp.dead_letter = true;
@@ -311,12 +368,18 @@ async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
     broker.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ack_modes_none_and_auto_leave_nothing_unacknowledged() {
+async fn none_and_auto_leave_nothing_unacknowledged(routing: Routing) {
     for mode in [AckMode::None, AckMode::Auto] {
         let broker = common::Broker::new();
         let (handler, mut rx) = recorder(Behaviour::AwaitAck);
-        let bus = amqp_bus(&broker, |c| c.amqp.ack_mode = mode, handler).await;
+        let bus = amqp_bus(
+            &broker,
+            routing,
+            &["s"],
+            |c| c.amqp.ack_mode = mode,
+            handler,
+        )
+        .await;
         for i in 0..5 {
             bus.publish(&event(&format!("n{i}"), "s", Duration::from_secs(30)))
                 .await
@@ -335,4 +398,170 @@ async fn ack_modes_none_and_auto_leave_nothing_unacknowledged() {
         bus.shutdown().await;
         broker.cleanup().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_with_backoff_then_dead_lettered() {
+    tokio::join!(
+        retried_with_backoff_then_dead_lettered(Routing::Fanout),
+        retried_with_backoff_then_dead_lettered(Routing::Store)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_attempt_means_no_retry() {
+    tokio::join!(
+        no_retry_after_one_attempt(Routing::Fanout),
+        no_retry_after_one_attempt(Routing::Store)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_ack_holds_the_message_until_the_popup_is_acknowledged() {
+    tokio::join!(
+        manual_ack_holds_until_acknowledged(Routing::Fanout),
+        manual_ack_holds_until_acknowledged(Routing::Store)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_modes_none_and_auto_leave_nothing_unacknowledged() {
+    tokio::join!(
+        none_and_auto_leave_nothing_unacknowledged(Routing::Fanout),
+        none_and_auto_leave_nothing_unacknowledged(Routing::Store)
+    );
+}
+
+/// `rabbitmqctl list_bindings` rows (source, routing key, destination)
+/// from `exchange`.
+fn bindings_from(exchange: &str) -> Vec<(String, String, String)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_bindings",
+            "-q",
+            "--no-table-headers",
+            "source_name",
+            "routing_key",
+            "destination_name",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some((
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+            ))
+        })
+        .filter(|(source, _, _)| source == exchange)
+        .collect()
+}
+
+fn replays_of(handler: &Recorder, store: &str) -> usize {
+    handler
+        .replays
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| *s == store)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_routing_delivers_a_store_only_where_it_is_followed() {
+    let broker = common::Broker::new();
+    let routed = broker.routed_exchange();
+    let grace = |c: &mut Config| c.amqp.unbind_grace = Duration::from_millis(300);
+    let (h1, mut rx1) = recorder(Behaviour::Accept);
+    let (h2, mut rx2) = recorder(Behaviour::Accept);
+    let a = amqp_bus(&broker, Routing::Store, &["s1"], grace, h1.clone()).await;
+    let b = amqp_bus(&broker, Routing::Store, &["s1", "s2"], grace, h2.clone()).await;
+
+    // A durable direct exchange of its own; the fanout one is not declared.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_exchanges",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "type",
+            "durable",
+        ])
+        .output()
+        .unwrap();
+    let exchanges = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        exchanges
+            .lines()
+            .any(|l| l == format!("{routed}\tdirect\ttrue")),
+        "{exchanges}"
+    );
+    assert!(!exchanges.contains(&format!("{}\t", broker.exchange)));
+
+    let publish = |bus: &Arc<dyn Bus>, id: &str, store: &str| {
+        let (bus, ev) = (bus.clone(), event(id, store, Duration::from_secs(30)));
+        async move { bus.publish(&ev).await.expect("published") }
+    };
+    publish(&a, "x1", "s1").await;
+    publish(&a, "x2", "s2").await;
+    publish(&b, "x3", "s3").await;
+    assert_eq!(recv(&mut rx1).await.0.call_id, "x1");
+    nothing_more(&mut rx1).await;
+    let mut got = vec![
+        recv(&mut rx2).await.0.call_id,
+        recv(&mut rx2).await.0.call_id,
+    ];
+    got.sort();
+    assert_eq!(got, ["x1", "x2"]);
+    nothing_more(&mut rx2).await;
+
+    // The last tablet leaves and one comes back within the grace: the
+    // binding stays, nothing is replayed again.
+    b.interest(Interest::Unfollow("s1".into()));
+    b.interest(Interest::Follow("s1".into()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(replays_of(&h2, "s1"), 1);
+    publish(&a, "x4", "s1").await;
+    assert_eq!(recv(&mut rx1).await.0.call_id, "x4");
+    assert_eq!(recv(&mut rx2).await.0.call_id, "x4");
+
+    // Past the grace the binding goes: s1's events reach only A.
+    b.interest(Interest::Unfollow("s1".into()));
+    common::eventually(Duration::from_secs(20), "s1 unbound on B", || {
+        let n = bindings_from(&routed)
+            .iter()
+            .filter(|(_, key, _)| key == "s1")
+            .count();
+        async move { n == 1 }
+    })
+    .await;
+    publish(&b, "x5", "s1").await;
+    assert_eq!(recv(&mut rx1).await.0.call_id, "x5");
+    nothing_more(&mut rx2).await;
+
+    // A tablet of s1 again: bound anew, and the bus asks for a replay of
+    // what the binding may have missed.
+    b.interest(Interest::Follow("s1".into()));
+    common::eventually(Duration::from_secs(10), "s1 bound again", || {
+        let n = replays_of(&h2, "s1");
+        async move { n == 2 }
+    })
+    .await;
+    publish(&a, "x6", "s1").await;
+    assert_eq!(recv(&mut rx2).await.0.call_id, "x6");
+    assert_eq!(recv(&mut rx1).await.0.call_id, "x6");
+
+    // Each queue is bound by store key only, once per store it follows.
+    let mut keys: Vec<String> = bindings_from(&routed)
+        .into_iter()
+        .map(|(_, k, _)| k)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["s1", "s1", "s2"]);
+    a.shutdown().await;
+    b.shutdown().await;
+    broker.cleanup().await;
 }

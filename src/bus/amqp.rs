@@ -3,7 +3,7 @@
 //! confirms, ack modes, retry with backoff, optional dead-lettering, and a
 //! reconnect loop of our own that declares the topology afresh each time.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,13 +23,13 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use rand::Rng;
-use tokio::sync::RwLock;
+use tokio::sync::{mpsc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{self, Tls};
-use super::{Bus, BusError, BusState, EventHandler, Handled};
+use super::{Bus, BusError, BusState, EventHandler, Handled, Interest};
 use crate::call::{BusEvent, CallEvent, HandledEvent};
-use crate::config::{AckMode, AmqpConfig, Config, QueueType};
+use crate::config::{AckMode, AmqpConfig, Config, QueueType, Routing};
 use crate::metrics as m;
 
 /// How long a publish waits for the broker's confirm before it counts as
@@ -48,8 +48,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the broker could not be used, each with its own line for people.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs 'fanout': delete it on the broker (for vhost /: rabbitmqctl eval 'rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{exchange}\">>), false, <<\"cli\">>).') or choose another amqp.exchange")]
-    ExchangeType { exchange: String, current: String },
+    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs '{needed}': delete it on the broker (for vhost /: rabbitmqctl eval 'rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{exchange}\">>), false, <<\"cli\">>).') or choose another {setting}")]
+    ExchangeType {
+        exchange: String,
+        current: String,
+        needed: &'static str,
+        setting: &'static str,
+    },
     #[error("RabbitMQ at {broker} refused the credentials in amqp.url: check the user name and password")]
     Credentials { broker: String },
     #[error("RabbitMQ at {broker}: {detail}")]
@@ -96,15 +101,19 @@ pub(crate) fn classify(err: &lapin::Error, config: &AmqpConfig, node: &str) -> L
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
                 if text.contains("inequivalent arg 'type'") =>
             {
-                let current = text
-                    .rsplit("current is '")
-                    .next()
-                    .and_then(|s| s.split('\'').next())
-                    .unwrap_or("another type")
-                    .to_string();
+                let current = quoted_after(&text, "current is '").unwrap_or("another type");
+                let routed = config.routed_exchange();
+                let (exchange, needed, setting) =
+                    if quoted_after(&text, "for exchange '") == Some(routed.as_str()) {
+                        (routed.clone(), "direct", "amqp.routed_exchange")
+                    } else {
+                        (config.exchange.clone(), "fanout", "amqp.exchange")
+                    };
                 return LinkError::ExchangeType {
-                    exchange: config.exchange.clone(),
-                    current,
+                    exchange,
+                    current: current.to_string(),
+                    needed,
+                    setting,
                 };
             }
             AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => {}
@@ -122,11 +131,20 @@ pub(crate) fn classify(err: &lapin::Error, config: &AmqpConfig, node: &str) -> L
     }
 }
 
+/// The text between `marker` and the next `'` in a broker's message.
+fn quoted_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    let (_, rest) = text.split_once(marker)?;
+    rest.split('\'').next()
+}
+
 /// One live connection and its channels.
 struct Link {
     conn: Connection,
     publish: Channel,
     consume: Channel,
+    /// Binds and unbinds stores (`amqp.routing = "store"`), so a refused
+    /// one never closes the consuming channel.
+    binds: Channel,
     queue: String,
     /// The node's address, without credentials (`amqp://host:port`).
     node: String,
@@ -149,12 +167,38 @@ struct Inner {
     outbox: Mutex<VecDeque<BusEvent>>,
     /// `bus.message_ttl`: a handled event expires this long after `at`.
     ttl: Duration,
+    /// Where events are published, and with which routing key.
+    routing: Routing,
+    publish_exchange: String,
+    /// Store-routed delivery: which stores are wanted and bound.
+    bindings: tokio::sync::Mutex<Bindings>,
     stop: CancellationToken,
+}
+
+/// Store-routed delivery's bindings (docs/rabbitmq.md, "Store-routed
+/// delivery"): the stores with a tablet here, those whose last tablet left
+/// less than `amqp.unbind_grace` ago, and those bound on the live link.
+#[derive(Default)]
+struct Bindings {
+    /// Store → `None` while it has tablets here, or when its grace ends.
+    wanted: HashMap<String, Option<tokio::time::Instant>>,
+    /// The link the stores in `bound` are bound on; `None` between links.
+    link: Option<Arc<Link>>,
+    bound: HashSet<String>,
+}
+
+impl Bindings {
+    /// The end of the first grace still running.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.wanted.values().flatten().min().copied()
+    }
 }
 
 pub struct AmqpBus {
     inner: Arc<Inner>,
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Store-routed delivery's changes of interest, for the binder task.
+    interest: Option<mpsc::UnboundedSender<Interest>>,
 }
 
 impl AmqpBus {
@@ -180,6 +224,12 @@ impl AmqpBus {
             connected: AtomicBool::new(false),
             outbox: Mutex::new(VecDeque::new()),
             ttl: config.bus.message_ttl,
+            routing: config.amqp.routing,
+            publish_exchange: match config.amqp.routing {
+                Routing::Fanout => config.amqp.exchange.clone(),
+                Routing::Store => config.amqp.routed_exchange(),
+            },
+            bindings: tokio::sync::Mutex::new(Bindings::default()),
             stop: CancellationToken::new(),
         });
         m::bus_connected(false);
@@ -198,10 +248,16 @@ impl AmqpBus {
                 None
             }
         };
+        let interest = (inner.routing == Routing::Store).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(bind_loop(inner.clone(), rx));
+            tx
+        });
         let supervisor = tokio::spawn(supervise(inner.clone(), first));
         Ok(Arc::new(AmqpBus {
             inner,
             supervisor: Mutex::new(Some(supervisor)),
+            interest,
         }))
     }
 }
@@ -385,7 +441,11 @@ async fn connect(inner: &Inner, node: &str) -> Result<Link, LinkError> {
     let fail = |e: lapin::Error| classify(&e, config, node);
     let conn = open_node(node, config, inner.tls.as_ref()).await?;
     let publish = conn.create_channel().await.map_err(fail)?;
-    declare_exchange(&publish, config).await.map_err(fail)?;
+    match config.routing {
+        Routing::Fanout => declare_exchange(&publish, config).await,
+        Routing::Store => declare_routed_exchange(&publish, config).await,
+    }
+    .map_err(fail)?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -435,24 +495,29 @@ async fn connect(inner: &Inner, node: &str) -> Result<Link, LinkError> {
         )
         .await
         .map_err(fail)?;
-    consume
-        .queue_bind(
-            queue.as_str().into(),
-            config.exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(fail)?;
+    // Store-routed queues are bound store by store (`bind_wanted`).
+    if config.routing == Routing::Fanout {
+        consume
+            .queue_bind(
+                queue.as_str().into(),
+                config.exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail)?;
+    }
     consume
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
         .map_err(fail)?;
+    let binds = conn.create_channel().await.map_err(fail)?;
     Ok(Link {
         conn,
         publish,
         consume,
+        binds,
         queue,
         node: broker_address(node),
     })
@@ -464,6 +529,22 @@ pub async fn declare_exchange(channel: &Channel, config: &AmqpConfig) -> lapin::
         .exchange_declare(
             config.exchange.as_str().into(),
             ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// The durable direct exchange of store-routed delivery: events carry
+/// their store's slug as routing key.
+pub async fn declare_routed_exchange(channel: &Channel, config: &AmqpConfig) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            config.routed_exchange().as_str().into(),
+            ExchangeKind::Direct,
             ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -578,17 +659,27 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
         }
         first = false;
         tracing::info!(queue = %link.queue, broker = %link.node, "RabbitMQ connected");
-        *inner.link.write().await = Some(link.clone());
-        *inner.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.node.clone());
-        inner.connected.store(true, Ordering::SeqCst);
-        m::bus_connected(true);
-        m::bus_node(&link.node, true);
-        inner.flush_outbox(&link).await;
-        if reconnected {
-            inner.handler.resync().await;
-        }
-
-        let reason = inner.consume(&link).await;
+        // Store-routed delivery binds the queue to every store with a
+        // tablet here before anything is replayed or consumed.
+        let reason = match inner.bind_all(&link).await {
+            Err(e) => format!("cannot bind stores: {e}"),
+            Ok(bound) => {
+                *inner.link.write().await = Some(link.clone());
+                *inner.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.node.clone());
+                inner.connected.store(true, Ordering::SeqCst);
+                m::bus_connected(true);
+                m::bus_node(&link.node, true);
+                inner.flush_outbox(&link).await;
+                if reconnected {
+                    inner.handler.resync().await;
+                } else if !bound.is_empty() {
+                    // Tablets came while the broker was away at start.
+                    inner.handler.replay(&bound).await;
+                }
+                inner.consume(&link).await
+            }
+        };
+        inner.unbind_all().await;
         inner.connected.store(false, Ordering::SeqCst);
         m::bus_connected(false);
         m::bus_node(&link.node, false);
@@ -615,7 +706,135 @@ fn backoff(failures: u32) -> Duration {
     capped.mul_f64(factor)
 }
 
+/// Store-routed delivery: applies the hub's changes of interest, binding
+/// a store's key when its first tablet comes and unbinding it
+/// `amqp.unbind_grace` after its last one left, then replays what the
+/// stores just bound may have missed.
+async fn bind_loop(inner: Arc<Inner>, mut changes: mpsc::UnboundedReceiver<Interest>) {
+    loop {
+        let deadline = inner.bindings.lock().await.next_deadline();
+        let grace_ends = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let first = tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            change = changes.recv() => match change {
+                Some(change) => Some(change),
+                None => return,
+            },
+            _ = grace_ends => None,
+        };
+        let mut bindings = inner.bindings.lock().await;
+        let now = tokio::time::Instant::now();
+        // Everything queued meanwhile is applied in one pass.
+        let queued = std::iter::from_fn(|| changes.try_recv().ok());
+        for change in first.into_iter().chain(queued) {
+            match change {
+                Interest::Follow(store) => bindings.wanted.insert(store, None),
+                Interest::Unfollow(store) => bindings
+                    .wanted
+                    .insert(store, Some(now + inner.config.unbind_grace)),
+            };
+        }
+        match inner.sync_bindings(&mut bindings).await {
+            Ok(bound) if !bound.is_empty() => {
+                drop(bindings);
+                let handler = inner.handler.clone();
+                tokio::spawn(async move { handler.replay(&bound).await });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The link is unusable: a new one binds every store again
+                // and replays what was missed.
+                tracing::warn!(error = %e, "binding a store failed; reconnecting to RabbitMQ");
+                if let Some(link) = bindings.link.take() {
+                    bindings.bound.clear();
+                    tokio::spawn(async move {
+                        let _ = link.conn.close(200, "rebinding".into()).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// Binds a new link's queue to every wanted store; returns them.
+    async fn bind_all(&self, link: &Arc<Link>) -> lapin::Result<Vec<String>> {
+        if self.routing != Routing::Store {
+            return Ok(Vec::new());
+        }
+        let mut bindings = self.bindings.lock().await;
+        bindings.link = Some(link.clone());
+        bindings.bound.clear();
+        self.sync_bindings(&mut bindings).await
+    }
+
+    /// The link is gone, and its queue with its bindings.
+    async fn unbind_all(&self) {
+        if self.routing == Routing::Store {
+            let mut bindings = self.bindings.lock().await;
+            bindings.link = None;
+            bindings.bound.clear();
+            m::bound_stores(0);
+        }
+    }
+
+    /// Makes the live link's bindings match the wanted stores: unbinds
+    /// those whose grace ended, binds the new ones, and returns these.
+    /// Each bind is confirmed by the broker (`queue.bind-ok`) before it
+    /// counts, so an event published after it reaches this queue.
+    async fn sync_bindings(&self, b: &mut Bindings) -> lapin::Result<Vec<String>> {
+        let now = tokio::time::Instant::now();
+        b.wanted.retain(|_, until| until.is_none_or(|t| t > now));
+        let Some(link) = b.link.clone() else {
+            return Ok(Vec::new());
+        };
+        let exchange = self.publish_exchange.as_str();
+        let gone: Vec<String> = b
+            .bound
+            .iter()
+            .filter(|s| !b.wanted.contains_key(*s))
+            .cloned()
+            .collect();
+        for store in gone {
+            link.binds
+                .queue_unbind(
+                    link.queue.as_str().into(),
+                    exchange.into(),
+                    store.as_str().into(),
+                    FieldTable::default(),
+                )
+                .await?;
+            b.bound.remove(&store);
+            m::binding("unbind");
+        }
+        let new: Vec<String> = b
+            .wanted
+            .keys()
+            .filter(|s| !b.bound.contains(*s))
+            .cloned()
+            .collect();
+        for store in &new {
+            link.binds
+                .queue_bind(
+                    link.queue.as_str().into(),
+                    exchange.into(),
+                    store.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            b.bound.insert(store.clone());
+            m::binding("bind");
+        }
+        m::bound_stores(b.bound.len());
+        Ok(new)
+    }
+
     /// Tries each node once, from the cursor on; the one that answers
     /// becomes the current node and the cursor moves past it, so that the
     /// next reconnection starts with another node. Returns the most
@@ -693,7 +912,10 @@ impl Inner {
         let acker = delivery.acker.clone();
         let event = match BusEvent::from_json(&delivery.data, self.ttl) {
             Ok(BusEvent::Call(ev)) => ev,
-            Ok(BusEvent::Handled(ev)) => return self.on_handled(acker, ev).await,
+            Ok(BusEvent::Handled(ev)) => {
+                m::bus_transit(transit(&delivery, ev.at));
+                return self.on_handled(acker, ev).await;
+            }
             Err(e) => {
                 // Poison: never retried, never blocks the queue.
                 tracing::warn!(error = %e, "rejecting a message that is not a call event");
@@ -704,8 +926,8 @@ impl Inner {
                 return;
             }
         };
+        m::bus_transit(transit(&delivery, event.published_at));
         let now = Utc::now();
-        m::bus_transit((now - event.published_at).to_std().unwrap_or_default());
         if !event.is_live(now) {
             m::expired_before_delivery();
             if acks {
@@ -732,7 +954,6 @@ impl Inner {
     async fn on_handled(&self, acker: lapin::Acker, event: HandledEvent) {
         let acks = self.config.ack_mode != AckMode::None;
         let now = Utc::now();
-        m::bus_transit((now - event.at).to_std().unwrap_or_default());
         if !event.is_live(now) {
             m::expired_before_delivery();
             if acks {
@@ -826,13 +1047,18 @@ impl Inner {
             m::expired_before_delivery();
             return Ok(());
         }
-        let props = message_properties(event.call_id(), event.published_at(), left);
+        let props = message_properties(event.call_id(), event.published_at(), left)
+            .with_headers(publish_time_header());
         let payload = event.to_json();
+        let key = match self.routing {
+            Routing::Fanout => "",
+            Routing::Store => event.store(),
+        };
         let sent = async {
             link.publish
                 .basic_publish(
-                    self.config.exchange.as_str().into(),
-                    "".into(),
+                    self.publish_exchange.as_str().into(),
+                    key.into(),
                     BasicPublishOptions::default(),
                     payload.as_bytes(),
                     props,
@@ -923,10 +1149,45 @@ impl AmqpBus {
     }
 }
 
+/// The header carrying when a message was handed to the broker, in
+/// microseconds since the epoch: finer than the event's `publishedAt`, for
+/// the bus leg's histogram (`bizcall_bus_transit_seconds`).
+pub const PUBLISHED_US: &str = "x-bizcall-published-us";
+
+fn publish_time_header() -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        PUBLISHED_US.into(),
+        AMQPValue::LongLongInt(Utc::now().timestamp_micros()),
+    );
+    headers
+}
+
+/// The bus leg of a delivery: from the publish-time header when present,
+/// else from the event's own (millisecond) publish time.
+fn transit(delivery: &lapin::message::Delivery, published_at: chrono::DateTime<Utc>) -> Duration {
+    let now = Utc::now();
+    let header = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(PUBLISHED_US))
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(us) => Some(*us),
+            _ => None,
+        });
+    match header {
+        Some(us) => Duration::from_micros(now.timestamp_micros().saturating_sub(us).max(0) as u64),
+        None => (now - published_at).to_std().unwrap_or_default(),
+    }
+}
+
 /// What can be published: a call event, a handled event, or either one
 /// kept in the outbox.
 trait Outgoing: Sync {
     fn call_id(&self) -> &str;
+    /// The store's slug: the routing key of store-routed delivery.
+    fn store(&self) -> &str;
     fn published_at(&self) -> chrono::DateTime<Utc>;
     fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration;
     fn to_json(&self) -> String;
@@ -936,6 +1197,9 @@ trait Outgoing: Sync {
 impl Outgoing for CallEvent {
     fn call_id(&self) -> &str {
         &self.call_id
+    }
+    fn store(&self) -> &str {
+        &self.store
     }
     fn published_at(&self) -> chrono::DateTime<Utc> {
         self.published_at
@@ -955,6 +1219,9 @@ impl Outgoing for HandledEvent {
     fn call_id(&self) -> &str {
         &self.call_id
     }
+    fn store(&self) -> &str {
+        &self.store
+    }
     fn published_at(&self) -> chrono::DateTime<Utc> {
         self.at
     }
@@ -972,6 +1239,9 @@ impl Outgoing for HandledEvent {
 impl Outgoing for BusEvent {
     fn call_id(&self) -> &str {
         BusEvent::call_id(self)
+    }
+    fn store(&self) -> &str {
+        BusEvent::store(self)
     }
     fn published_at(&self) -> chrono::DateTime<Utc> {
         BusEvent::published_at(self)
@@ -995,6 +1265,12 @@ impl Bus for AmqpBus {
 
     async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
         self.publish_event(event).await
+    }
+
+    fn interest(&self, change: Interest) {
+        if let Some(tx) = &self.interest {
+            let _ = tx.send(change);
+        }
     }
 
     fn node(&self) -> Option<String> {

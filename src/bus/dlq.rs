@@ -9,9 +9,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
-use super::amqp::{classify, declare_exchange, message_properties, open};
+use super::amqp::{classify, declare_exchange, declare_routed_exchange, message_properties, open};
 use crate::call::{BusEvent, CallEvent};
-use crate::config::Config;
+use crate::config::{Config, Routing};
 
 /// One dead message as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,13 +73,23 @@ pub async fn list(config: &Config) -> anyhow::Result<Vec<DeadMessage>> {
     Ok(found)
 }
 
-/// Publishes every dead call event to the exchange again with a fresh TTL.
+/// Publishes every dead call event to the exchange again with a fresh TTL
+/// (with `amqp.routing = "store"`, to the direct exchange, keyed by store).
 /// Returns (replayed, skipped): skipped messages are not call events and
 /// stay in the queue.
 pub async fn replay(config: &Config) -> anyhow::Result<(usize, usize)> {
     let (conn, channel) = open(&config.amqp).await?;
     let count = depth(&channel, config).await?;
-    declare_exchange(&channel, &config.amqp).await?;
+    let (exchange, routed) = match config.amqp.routing {
+        Routing::Fanout => {
+            declare_exchange(&channel, &config.amqp).await?;
+            (config.amqp.exchange.clone(), false)
+        }
+        Routing::Store => {
+            declare_routed_exchange(&channel, &config.amqp).await?;
+            (config.amqp.routed_exchange(), true)
+        }
+    };
     let publisher = conn.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -104,8 +114,8 @@ pub async fn replay(config: &Config) -> anyhow::Result<(usize, usize)> {
         event.expires_at = now + config.bus.ttl();
         let confirm = publisher
             .basic_publish(
-                config.amqp.exchange.as_str().into(),
-                "".into(),
+                exchange.as_str().into(),
+                if routed { event.store.as_str() } else { "" }.into(),
                 BasicPublishOptions::default(),
                 event.to_json().as_bytes(),
                 message_properties(&event.call_id, event.published_at, config.bus.message_ttl),

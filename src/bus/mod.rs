@@ -66,6 +66,22 @@ pub trait EventHandler: Send + Sync + 'static {
     /// The handler may catch up from elsewhere (the hub does, from the
     /// database).
     async fn resync(&self) {}
+
+    /// Store-routed delivery just bound this instance's queue to these
+    /// stores: their events published before the binding took effect never
+    /// reached it. The handler replays them from elsewhere (the hub does,
+    /// from the database) to these stores' tablets.
+    async fn replay(&self, _stores: &[String]) {}
+}
+
+/// Whether this instance holds a tablet of a store (store-routed delivery
+/// binds and unbinds on these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// The first tablet of the store here.
+    Follow(String),
+    /// The last tablet of the store here left.
+    Unfollow(String),
 }
 
 /// Publishes call events to every instance, and delivers every instance's
@@ -86,6 +102,10 @@ pub trait Bus: Send + Sync + 'static {
     fn node(&self) -> Option<String> {
         None
     }
+
+    /// A store's first tablet came, or its last one left. Only the
+    /// store-routed RabbitMQ bus acts on it; it never blocks.
+    fn interest(&self, _change: Interest) {}
 
     /// Stops consuming and leaves the broker cleanly.
     async fn shutdown(&self);

@@ -15,6 +15,9 @@ pub struct InstanceRow {
     pub name: String,
     pub started_at: i64,
     pub heartbeat_at: i64,
+    /// How its bus delivers: `local`, `fanout` or `store` (`None` from a
+    /// bizcall older than this column).
+    pub bus: Option<String>,
 }
 
 /// Tablets connected to one instance under one store and token (`""` for
@@ -109,13 +112,14 @@ impl Db {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO instances (id, name, started_at, heartbeat_at) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO instances (id, name, started_at, heartbeat_at, bus) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
             )
             .bind(&instance.id)
             .bind(&instance.name)
             .bind(instance.started_at)
             .bind(now)
+            .bind(&instance.bus)
             .execute(&mut *tx)
             .await?;
             for key in gone {
@@ -186,7 +190,7 @@ impl Db {
     /// Instances heard from at or after `alive_since`, oldest first.
     pub async fn instances_alive(&self, alive_since: i64) -> Result<Vec<InstanceRow>> {
         Ok(on_pool!(self, pool => sqlx::query_as::<_, InstanceRow>(
-            "SELECT id, name, started_at, heartbeat_at FROM instances \
+            "SELECT id, name, started_at, heartbeat_at, bus FROM instances \
              WHERE heartbeat_at >= $1 ORDER BY started_at, id",
         )
         .bind(alive_since)

@@ -350,12 +350,22 @@ impl Broker {
         (conn, ch)
     }
 
+    /// The direct exchange of store-routed delivery (its default name).
+    pub fn routed_exchange(&self) -> String {
+        format!("{}-store", self.exchange)
+    }
+
     /// Publishes raw bytes to the exchange, as a foreign publisher would.
     pub async fn publish_raw(&self, payload: &[u8]) {
+        self.publish_raw_to(&self.exchange, "", payload).await;
+    }
+
+    /// Publishes raw bytes to `exchange` with a routing key.
+    pub async fn publish_raw_to(&self, exchange: &str, key: &str, payload: &[u8]) {
         let (conn, ch) = self.channel().await;
         ch.basic_publish(
-            self.exchange.as_str().into(),
-            "".into(),
+            exchange.into(),
+            key.into(),
             Default::default(),
             payload,
             Default::default(),
@@ -390,9 +400,11 @@ impl Broker {
         let _ = ch
             .exchange_delete(self.dlx.as_str().into(), Default::default())
             .await;
-        let _ = ch
-            .exchange_delete(self.exchange.as_str().into(), Default::default())
-            .await;
+        for exchange in [self.exchange.clone(), self.routed_exchange()] {
+            let _ = ch
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
         let _ = conn.close(200, "done".into()).await;
     }
 }
