@@ -8,6 +8,10 @@
 //! also holds more than 10,000 recent changes of a store with no tablet on
 //! A, which a catch-up that read the oldest changes of every store and
 //! filtered afterwards used to spend its whole budget on.
+//!
+//! The same runs with store-routed delivery: there A's new queue must be
+//! bound again to every store with a tablet on A before the replay, and B,
+//! which holds no tablet, receives no call event at all.
 
 mod common;
 
@@ -34,6 +38,15 @@ type Seen = Arc<Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_inside_its_ttl_reaches_its_tablet_after_a_bus_gap() {
+    after_a_bus_gap("fanout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_routing_binds_again_and_replays_after_a_bus_gap() {
+    after_a_bus_gap("store").await;
+}
+
+async fn after_a_bus_gap(routing: &str) {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::new();
     let pool = db.connect().await;
@@ -67,6 +80,7 @@ async fn every_change_inside_its_ttl_reaches_its_tablet_after_a_bus_gap() {
     let mut env = broker.env();
     env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
     env.push(("BIZCALL_BUS__MESSAGE_TTL".into(), "20s".into()));
+    env.push(("BIZCALL_AMQP__ROUTING".into(), routing.into()));
     let mut env_a = env.clone();
     env_a.retain(|(k, _)| k != "BIZCALL_AMQP__URL");
     env_a.push((
@@ -194,6 +208,27 @@ async fn every_change_inside_its_ttl_reaches_its_tablet_after_a_bus_gap() {
         0.0
     );
     assert!(a.log_text().contains("caught up after a bus gap"));
+    if routing == "store" {
+        // Bound again to every store with a tablet on A, and to no other.
+        assert_eq!(
+            common::metric(&a.base(), "bizcall_bus_bound_stores").await,
+            STORES as f64
+        );
+        let binds =
+            common::metric_labelled(&a.base(), "bizcall_bus_bindings_total", "op=\"bind\"").await;
+        assert_eq!(
+            binds,
+            2.0 * STORES as f64,
+            "bound at start and after the gap"
+        );
+        // B holds no tablet: no call event reaches its queue.
+        assert_eq!(
+            common::metric(&b.base(), "bizcall_events_consumed_total").await,
+            0.0
+        );
+    } else {
+        assert!(common::metric(&b.base(), "bizcall_events_consumed_total").await > 0.0);
+    }
 
     drop(a);
     drop(b);

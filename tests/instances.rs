@@ -348,3 +348,73 @@ async fn start_up_errors_each_have_their_line() {
     assert_eq!(post(&instance.base(), "u1").await, 200);
     broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_routing_start_up_errors() {
+    // The direct exchange exists as a fanout one.
+    let broker = Broker::new();
+    let routed = broker.routed_exchange();
+    let (conn, ch) = broker.channel().await;
+    ch.exchange_declare(
+        routed.as_str().into(),
+        lapin::ExchangeKind::Fanout,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut env = broker.env();
+    env.push(("BIZCALL_AMQP__ROUTING".into(), "store".into()));
+    let err = serve_fails(&common::env_refs(&env));
+    let want = format!(
+        "error: RabbitMQ exchange '{routed}' exists with type 'fanout' but bizcall needs 'direct'"
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(
+        err.contains("or choose another amqp.routed_exchange"),
+        "{err}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    broker.cleanup().await;
+
+    // One routing beside live instances of the other: refused with one
+    // line, in both directions; the same routing starts.
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new();
+    for (running, starting) in [("store", "fanout"), ("fanout", "store")] {
+        let env = env_for(&db, &broker, &[("BIZCALL_AMQP__ROUTING", running)]);
+        let mut first = Instance::spawn(dir.path(), &common::env_refs(&env));
+        // Its row in the instances table is written within a second.
+        let pool = db.connect().await;
+        common::eventually(Duration::from_secs(10), "first instance listed", || {
+            let pool = pool.clone();
+            let wanted = Some(running.to_string());
+            async move {
+                let live = pool.instances_alive(0).await.unwrap();
+                live.iter().any(|i| i.bus == wanted)
+            }
+        })
+        .await;
+        pool.close().await;
+        let env = env_for(&db, &broker, &[("BIZCALL_AMQP__ROUTING", starting)]);
+        let err = serve_fails(&common::env_refs(&env));
+        assert!(
+            err.contains(&format!("amqp.routing is \"{starting}\" but instance "))
+                && err.contains(&format!(":{} (heard from", first.addr.port()))
+                && err.contains(&format!("uses \"{running}\"")),
+            "{err}"
+        );
+        assert!(
+            err.contains("every instance must use the same routing"),
+            "{err}"
+        );
+        let env = env_for(&db, &broker, &[("BIZCALL_AMQP__ROUTING", running)]);
+        let mut second = Instance::spawn(dir.path(), &common::env_refs(&env));
+        // Stopped cleanly, each leaves the instances table.
+        assert!(first.terminate().success());
+        assert!(second.terminate().success());
+    }
+    broker.cleanup().await;
+    db.cleanup().await;
+}

@@ -1,0 +1,238 @@
+//! Store-routed delivery under subscribe churn, on two real `bizcall`
+//! processes, PostgreSQL and RabbitMQ: tablets of a few stores connect and
+//! disconnect in a tight loop on both instances while calls of those stores
+//! flow into one of them. With a short `amqp.unbind_grace`, bindings come
+//! and go all the time; a call made while a tablet is subscribed must reach
+//! it (also when its store's binding was not yet in place: the replay after
+//! binding covers that window), and no tablet gets one call twice.
+//!
+//! B reaches the broker through a relay that holds every packet 40 ms each
+//! way, so that each of its bindings takes a round trip of 80 ms or more:
+//! longer than a tablet takes from CONNECT to its SUBSCRIBE receipt, so calls
+//! fall into that window, and only the replay brings them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::relay::Relay;
+use common::stomp::Client;
+use common::{Backend, Broker, Instance, TestDb};
+use rand::Rng;
+use tokio::time::Instant;
+
+const STORES: usize = 4;
+const RATE_PER_SEC: u64 = 40;
+const SEND_FOR: Duration = Duration::from_secs(15);
+/// A call is owed to a session only if it was answered this long before
+/// the session ended: time for it to travel, not a speed requirement.
+const MARGIN: Duration = Duration::from_millis(1500);
+
+fn vn(store: usize) -> String {
+    format!("0507100{store:04}")
+}
+
+/// One tablet connection: when it was subscribed, when it ended, and the
+/// call events it received (with repeats).
+struct Session {
+    store: usize,
+    subscribed: Instant,
+    ended: Instant,
+    calls: Vec<String>,
+}
+
+/// A sent call: its store, seq, when the request was sent and when the
+/// webhook answered.
+struct Sent {
+    store: usize,
+    seq: String,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// Connects, subscribes, holds 1.5–3 s reading, disconnects, waits 0–400 ms
+/// (often past the grace, so the store is unbound), until `until`.
+async fn churn(ws: String, store: usize, token: String, until: Instant) -> Vec<Session> {
+    let mut sessions = Vec::new();
+    let slug = format!("c{store}");
+    while Instant::now() < until {
+        let mut c = Client::open(&ws, None, None).await;
+        c.connect(&token).await;
+        c.subscribe(&slug, "0", "auto").await;
+        let subscribed = Instant::now();
+        let hold = Duration::from_millis(rand::rng().random_range(1500..3000));
+        let mut calls = Vec::new();
+        let end = subscribed + hold;
+        while let Some(f) = c.next(end.saturating_duration_since(Instant::now())).await {
+            if f.command == "MESSAGE" {
+                let body = f.json();
+                if body["type"] == "call" {
+                    assert_eq!(body["store"], slug.as_str(), "another store's call");
+                    calls.push(body["callId"].as_str().unwrap_or("").to_string());
+                }
+            }
+            if Instant::now() >= end {
+                break;
+            }
+        }
+        drop(c);
+        sessions.push(Session {
+            store,
+            subscribed,
+            ended: Instant::now(),
+            calls,
+        });
+        let gap = rand::rng().random_range(0..400);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+    }
+    sessions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = Broker::new();
+    let pool = db.connect().await;
+    let mut tokens = Vec::new();
+    for s in 0..STORES {
+        let slug = format!("c{s}");
+        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
+        tokens.push(pool.token_issue(&slug, "t").await.unwrap().1);
+    }
+    pool.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = broker.env();
+    env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
+    env.push(("BIZCALL_AMQP__ROUTING".into(), "store".into()));
+    env.push(("BIZCALL_AMQP__UNBIND_GRACE".into(), "200ms".into()));
+    let a = Instance::spawn(dir.path(), &common::env_refs(&env));
+    let relay = Relay::start_delayed("127.0.0.1:5672".into(), Duration::from_millis(40)).await;
+    env.retain(|(k, _)| k != "BIZCALL_AMQP__URL");
+    env.push((
+        "BIZCALL_AMQP__URL".into(),
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port),
+    ));
+    let b = Instance::spawn(dir.path(), &common::env_refs(&env));
+    for base in [a.base(), b.base()] {
+        common::eventually(Duration::from_secs(60), "bus up", || {
+            let base = base.clone();
+            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
+        })
+        .await;
+    }
+
+    // Tablets churn on both instances: one loop per store on A, and on B
+    // one per store plus a second for store 0 (two tablets overlapping).
+    let until = Instant::now() + SEND_FOR;
+    let mut loops = Vec::new();
+    for (instance, stores) in [
+        (&a, (0..STORES).collect::<Vec<_>>()),
+        (&b, {
+            let mut v: Vec<usize> = (0..STORES).collect();
+            v.push(0);
+            v
+        }),
+    ] {
+        for store in stores {
+            let ws = format!("ws://{}/ws", instance.addr);
+            loops.push(tokio::spawn(churn(ws, store, tokens[store].clone(), until)));
+        }
+    }
+
+    // Calls of every store into A at a steady rate.
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE_PER_SEC));
+    let mut posts = Vec::new();
+    let mut i = 0usize;
+    while Instant::now() < until {
+        tick.tick().await;
+        let (base, sent) = (a.base(), sent.clone());
+        posts.push(tokio::spawn(async move {
+            let store = i % STORES;
+            let seq = format!("churn{i}");
+            let at = Instant::now();
+            let code = common::post_cdr(
+                &base,
+                &[
+                    ("seq", &seq),
+                    ("sdt", "20261203101500"),
+                    ("fromn", "010-5555-0000"),
+                    ("ton", "02"),
+                    ("vn", &vn(store)),
+                ],
+            )
+            .await;
+            assert_eq!(code, 200, "{seq}");
+            sent.lock().unwrap().push(Sent {
+                store,
+                seq,
+                sent: at,
+                answered: Instant::now(),
+            });
+        }));
+        i += 1;
+    }
+    for p in posts {
+        p.await.unwrap();
+    }
+    let mut sessions = Vec::new();
+    for l in loops {
+        sessions.extend(l.await.unwrap());
+    }
+    let sent = sent.lock().unwrap();
+
+    // Each session: every call sent after it subscribed and answered well
+    // before it ended reached it, and none twice.
+    let mut owed = 0;
+    let mut missed = Vec::new();
+    let mut repeated = Vec::new();
+    for s in &sessions {
+        let mut got: HashMap<&str, usize> = HashMap::new();
+        for c in &s.calls {
+            *got.entry(c.as_str()).or_default() += 1;
+        }
+        repeated.extend(
+            got.iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(c, _)| c.to_string()),
+        );
+        for call in sent.iter().filter(|c| {
+            c.store == s.store && c.sent > s.subscribed && c.answered + MARGIN < s.ended
+        }) {
+            owed += 1;
+            if !got.contains_key(call.seq.as_str()) {
+                missed.push(call.seq.clone());
+            }
+        }
+    }
+    let binds_a =
+        common::metric_labelled(&a.base(), "bizcall_bus_bindings_total", "op=\"bind\"").await;
+    let binds_b =
+        common::metric_labelled(&b.base(), "bizcall_bus_bindings_total", "op=\"bind\"").await;
+    let unbinds_b =
+        common::metric_labelled(&b.base(), "bizcall_bus_bindings_total", "op=\"unbind\"").await;
+    println!(
+        "{} sessions, {} calls sent, {owed} owed to a session, {} missed, {} repeated; \
+         binds A {binds_a} B {binds_b}, unbinds B {unbinds_b}",
+        sessions.len(),
+        sent.len(),
+        missed.len(),
+        repeated.len()
+    );
+    assert!(missed.is_empty(), "missed: {missed:?}");
+    assert!(repeated.is_empty(), "repeated: {repeated:?}");
+    // The test means something: the bindings churned, and many calls were
+    // owed to sessions.
+    assert!(sessions.len() >= 20, "{} sessions", sessions.len());
+    assert!(owed >= 100, "{owed} owed");
+    assert!(binds_b > 2.0 * STORES as f64, "B bound {binds_b} times");
+    assert!(unbinds_b > STORES as f64, "B unbound {unbinds_b} times");
+
+    drop(a);
+    drop(b);
+    broker.cleanup().await;
+    db.cleanup().await;
+}
