@@ -483,7 +483,6 @@ async fn revocation(app: App) {
     }
 }
 
-/// A URL fit for logs: any password replaced.
 /// How this instance's bus delivers, as the `instances` table records it.
 pub fn bus_mode(config: &Config) -> &'static str {
     match config.bus.kind {
