@@ -93,6 +93,11 @@ pub struct CallEvent {
     pub published_at: DateTime<Utc>,
     #[serde(with = "utc_millis")]
     pub expires_at: DateTime<Utc>,
+    /// When the bus message carrying it was published, in microseconds
+    /// since the epoch (RabbitMQ's `x-bizcall-published-us` header), for
+    /// the bus leg's histogram. Never in the JSON.
+    #[serde(skip)]
+    pub published_us: Option<i64>,
 }
 
 /// The `type` of what goes over the bus and to tablets.
@@ -412,6 +417,7 @@ mod tests {
             ended_at: None,
             published_at: published,
             expires_at: published + chrono::Duration::seconds(30),
+            published_us: None,
         }
     }
 

@@ -170,6 +170,14 @@ impl Prepared {
         }
     }
 
+    /// When its bus message was published, in microseconds (RabbitMQ).
+    pub fn published_us(&self) -> Option<i64> {
+        match &self.event {
+            Payload::Call(e) => e.published_us,
+            Payload::Handled(_) => None,
+        }
+    }
+
     pub fn published_at(&self) -> DateTime<Utc> {
         match &self.event {
             Payload::Call(e) => e.published_at,
@@ -942,6 +950,7 @@ mod tests {
             ended_at: None,
             published_at: now,
             expires_at: now + chrono::Duration::seconds(30),
+            published_us: None,
         }))
     }
 

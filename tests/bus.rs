@@ -84,6 +84,7 @@ fn event(id: &str, store: &str, ttl: Duration) -> CallEvent {
         ended_at: None,
         published_at: now,
         expires_at: now + chrono::Duration::from_std(ttl).unwrap(),
+        published_us: None,
     }
 }
 

@@ -444,6 +444,7 @@ async fn slow_consumers_are_dropped_with_an_error() {
             ended_at: None,
             published_at: now,
             expires_at: now + chrono::Duration::seconds(60),
+            published_us: None,
         };
         ctx.server.app.bus.publish(&ev).await.unwrap();
     }

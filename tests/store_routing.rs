@@ -222,6 +222,12 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
         missed.len(),
         repeated.len()
     );
+    // The bus leg is measured from the publish header's microseconds:
+    // every popup B wrote after a live delivery has a sample, under a second.
+    let legs = common::metric(&b.base(), "bizcall_bus_leg_seconds_count").await;
+    let leg_sum = common::metric(&b.base(), "bizcall_bus_leg_seconds_sum").await;
+    assert!(legs > 0.0, "no bus leg recorded");
+    assert!(leg_sum / legs < 1.0, "mean bus leg {} s", leg_sum / legs);
     assert!(missed.is_empty(), "missed: {missed:?}");
     assert!(repeated.is_empty(), "repeated: {repeated:?}");
     // The test means something: the bindings churned, and many calls were

@@ -910,7 +910,7 @@ impl Inner {
         m::consumed();
         let acks = self.config.ack_mode != AckMode::None;
         let acker = delivery.acker.clone();
-        let event = match BusEvent::from_json(&delivery.data, self.ttl) {
+        let mut event = match BusEvent::from_json(&delivery.data, self.ttl) {
             Ok(BusEvent::Call(ev)) => ev,
             Ok(BusEvent::Handled(ev)) => {
                 m::bus_transit(transit(&delivery, ev.at));
@@ -927,6 +927,7 @@ impl Inner {
             }
         };
         m::bus_transit(transit(&delivery, event.published_at));
+        event.published_us = published_us(&delivery);
         let now = Utc::now();
         if !event.is_live(now) {
             m::expired_before_delivery();
@@ -1163,11 +1164,9 @@ fn publish_time_header() -> FieldTable {
     headers
 }
 
-/// The bus leg of a delivery: from the publish-time header when present,
-/// else from the event's own (millisecond) publish time.
-fn transit(delivery: &lapin::message::Delivery, published_at: chrono::DateTime<Utc>) -> Duration {
-    let now = Utc::now();
-    let header = delivery
+/// The publish-time header of a delivery, if it has one.
+fn published_us(delivery: &lapin::message::Delivery) -> Option<i64> {
+    delivery
         .properties
         .headers()
         .as_ref()
@@ -1175,8 +1174,14 @@ fn transit(delivery: &lapin::message::Delivery, published_at: chrono::DateTime<U
         .and_then(|v| match v {
             AMQPValue::LongLongInt(us) => Some(*us),
             _ => None,
-        });
-    match header {
+        })
+}
+
+/// The bus leg of a delivery: from the publish-time header when present,
+/// else from the event's own (millisecond) publish time.
+fn transit(delivery: &lapin::message::Delivery, published_at: chrono::DateTime<Utc>) -> Duration {
+    let now = Utc::now();
+    match published_us(delivery) {
         Some(us) => Duration::from_micros(now.timestamp_micros().saturating_sub(us).max(0) as u64),
         None => (now - published_at).to_std().unwrap_or_default(),
     }

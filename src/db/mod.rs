@@ -151,6 +151,7 @@ impl CallRow {
             ended_at: self.ended_at.map(from_millis),
             published_at: at,
             expires_at: at + crate::config::to_chrono(ttl),
+            published_us: None,
         }
     }
 }

@@ -529,8 +529,16 @@ impl Session {
         }
         if event.kind() == EventKind::Call {
             let latency = (now - event.published_at()).to_std().unwrap_or_default();
+            // The bus leg, from the publish header's microseconds.
+            let leg = event.published_us().map(|us| {
+                let us = now.timestamp_micros().saturating_sub(us).max(0);
+                std::time::Duration::from_micros(us as u64)
+            });
             for _ in &frames {
                 m::popup_sent(latency);
+                if let Some(leg) = leg {
+                    m::bus_leg(leg);
+                }
             }
         }
         frames

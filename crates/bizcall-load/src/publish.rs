@@ -21,6 +21,7 @@ pub(crate) fn event(call_id: &str, store: &str) -> CallEvent {
         ended_at: None,
         published_at: now,
         expires_at: now + chrono::Duration::seconds(30),
+        published_us: None,
     }
 }
 
