@@ -62,6 +62,16 @@ pub(crate) struct RunArgs {
     /// (`name=PID` or `name=comm:COMMAND`, repeatable).
     #[arg(long = "cpu-of")]
     pub(crate) cpu_of: Vec<Watched>,
+    /// Instances whose `/metrics` is read before and after sending
+    /// (`name=http://host:port`, repeatable): events their queue delivered
+    /// per second, and the bus leg (publish → MESSAGE written).
+    #[arg(long = "metrics-of")]
+    pub(crate) metrics_of: Vec<Scraped>,
+    /// Each store's tablets all on one instance of `--tablets-at` (store i
+    /// on instance i mod n), so instances share no store; otherwise tablets
+    /// go to the instances in turn.
+    #[arg(long)]
+    pub(crate) tablets_by_store: bool,
 }
 
 #[derive(Args)]

@@ -22,6 +22,8 @@ mod procfs;
 mod publish;
 mod report;
 mod run;
+mod scrape;
+mod sweep;
 mod tablets;
 mod webstomp;
 
@@ -35,6 +37,7 @@ pub(crate) use pacing::*;
 pub(crate) use procfs::*;
 pub(crate) use publish::*;
 pub(crate) use report::{histogram_text, progress, write_json};
+pub(crate) use scrape::Scraped;
 pub(crate) use tablets::*;
 
 #[derive(Parser)]
@@ -59,6 +62,9 @@ enum Cmd {
     Intake(IntakeArgs),
     /// Draws every series in DIR into latency.svg and writes results.md.
     Plot { dir: PathBuf },
+    /// Tables and charts of the sweeps in DIR (rate-*, tablets-*,
+    /// scale-*.json): sweeps.md and sweep-*.svg.
+    SweepPlot { dir: PathBuf },
     /// (Internal) holds tablets for `run --workers`: logins on stdin,
     /// deliveries on stdout.
     #[command(hide = true)]
@@ -84,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Webstomp(a) => webstomp::webstomp(a).await,
             Cmd::Intake(a) => intake::intake(a).await,
             Cmd::Plot { dir } => plot::plot(&dir),
+            Cmd::SweepPlot { dir } => sweep::plot(&dir),
             Cmd::Worker => tablets::worker().await,
             Cmd::DropExchanges { amqp, names } => drop_exchanges(&amqp, &names).await,
         }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::report::{self, Series};
+use crate::scrape;
 use anyhow::Context;
 use bizcall::db::Db;
 use chrono::Utc;
@@ -39,8 +40,9 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             }
             let (_, token) = db.token_issue(&slug, "load").await?;
             let i = logins.len();
+            let at = if a.tablets_by_store { s } else { i };
             logins.push(Login {
-                url: a.tablets_at[i % a.tablets_at.len()].clone(),
+                url: a.tablets_at[at % a.tablets_at.len()].clone(),
                 source: (!a.sources.is_empty()).then(|| a.sources[i % a.sources.len()]),
                 headers: vec![
                     ("host".into(), "bizcall".into()),
@@ -79,6 +81,14 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     let answered = Arc::new(Mutex::new(report::histogram()));
     let total = a.common.rate * a.common.duration;
     let cpu_before = a.pid.and_then(cpu_seconds);
+    let mut scraped_before = Vec::new();
+    for m in &a.metrics_of {
+        scraped_before.push(
+            scrape::scrape(&client, &m.base)
+                .await
+                .with_context(|| format!("{}/metrics", m.base))?,
+        );
+    }
     let mut watched = a.cpu_of.clone();
     watched.extend(workers.iter().enumerate().filter_map(|(i, c)| {
         Some(Watched {
@@ -143,6 +153,20 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     .await;
     let (sending, expected) = (run.seconds, run.expected);
     let cpu_after = a.pid.and_then(cpu_seconds);
+    let mut instances = Vec::new();
+    for (m, before) in a.metrics_of.iter().zip(&scraped_before) {
+        let after = scrape::scrape(&client, &m.base).await?;
+        let consumed = scrape::grew(before, &after, "bizcall_events_consumed_total");
+        let leg = |q| scrape::quantile_ms(before, &after, "bizcall_bus_leg_seconds", q);
+        instances.push(json!({
+            "instance": m.name,
+            "consumed": consumed,
+            "consumed_per_s": consumed / sending.max(1e-9),
+            "bus_leg_p50_ms": leg(0.5),
+            "bus_leg_p99_ms": leg(0.99),
+            "bus_leg_samples": scrape::grew(before, &after, "bizcall_bus_leg_seconds_count"),
+        }));
+    }
     let cores = watch.finish();
     let delivered = tally.seen.len() as u64;
     let cpu_per_1000 = match (cpu_before, cpu_after) {
@@ -182,6 +206,7 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             "published_to_popup_p50_ms": q(&tally.after_publish, 0.5),
             "published_to_popup_p99_ms": q(&tally.after_publish, 0.99),
             "cores_used": cores.iter().map(|(n, c)| json!({"process": n, "cores": c})).collect::<Vec<_>>(),
+            "instances": instances,
         }),
     };
     println!("{}", report::table(std::slice::from_ref(&series)));
@@ -199,6 +224,15 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
         p(q(&tally.after_publish, 0.5)),
         p(q(&tally.after_publish, 0.99)),
     );
+    for i in &instances {
+        println!(
+            "instance {}: {:.0} events/s from its queue, bus leg p50 {} / p99 {} ms",
+            i["instance"].as_str().unwrap_or("?"),
+            i["consumed_per_s"].as_f64().unwrap_or(0.0),
+            p(i["bus_leg_p50_ms"].as_f64()),
+            p(i["bus_leg_p99_ms"].as_f64()),
+        );
+    }
     if cores.len() > 1 {
         let list: Vec<String> = cores.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
         println!(
