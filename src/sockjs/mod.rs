@@ -385,7 +385,7 @@ fn websocket_session(
     service: Service,
     conn: Option<Arc<Conn>>,
 ) -> Response {
-    ws.read_buffer_size(1024)
+    ws.read_buffer_size(crate::http::ws::READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_SEND_BODY)
         .on_upgrade(move |socket| async move {

@@ -7,10 +7,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::close::Close;
 use super::frame::{Command, Decoder, Frame, Item, Version};
 use super::session::{error_frame, Handshake, Session};
+use crate::hub::Tablet;
 use crate::server::App;
 
 /// A client must send CONNECT within this long.
@@ -63,129 +65,175 @@ async fn write<T: Transport>(transport: &mut T, frame: &Frame, version: Version)
     )
 }
 
-/// Runs one tablet's STOMP session over `transport` until either side ends it.
-pub async fn run<T: Transport>(mut transport: T, app: App, handshake: Handshake) {
-    let mut session = Session::new(app.hub.clone(), app.bus.clone(), handshake);
-    let mut decoder = Decoder::new(app.config.stomp.max_frame);
-    let opened = Instant::now();
-    let mut last_in = Instant::now();
-    let mut last_out = Instant::now();
-    let stop = app.shutdown.clone();
-    // The session's own ERROR for its ending (it may carry a receipt-id).
-    let mut error: Option<Frame> = None;
+/// What a connection waiting for something to do was woken by.
+enum Wake {
+    Inbound(Inbound),
+    /// The tablet has popups (or a reason to close) queued.
+    Popups,
+    /// A heart-beat or a deadline is due.
+    Timer,
+    /// The instance is stopping (before CONNECT only: a tablet is told
+    /// with its queue).
+    Stop,
+}
 
-    let why: Close = 'conn: loop {
-        let hb = session.heartbeat();
-        let tablet = session.tablet().cloned();
-        // The earliest moment something must happen without input.
-        let read_deadline = match &tablet {
-            None => Some(opened + CONNECT_WITHIN),
-            Some(_) if !hb.expect_every.is_zero() => Some(last_in + hb.expect_every * 2),
-            Some(_) => None,
-        };
-        let beat_due = (!hb.send_every.is_zero()).then(|| last_out + hb.send_every);
-        let timer = [read_deadline, beat_due].into_iter().flatten().min();
-        let woken = async {
-            match &tablet {
-                Some(t) => t.wake.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        let sleep = async {
-            match timer {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-
-        tokio::select! {
-            inbound = transport.recv() => {
-                let bytes = match inbound {
-                    Inbound::Closed => break 'conn Close::Disconnected,
-                    Inbound::Refused(why) => break 'conn why,
-                    Inbound::Alive => {
-                        last_in = Instant::now();
-                        continue;
-                    }
-                    Inbound::Data(bytes) => bytes,
-                };
-                last_in = Instant::now();
-                decoder.push(&bytes);
-                loop {
-                    let item = match decoder.next_item() {
-                        Ok(Some(item)) => item,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(error = %e, "closing a connection after a bad frame");
-                            break 'conn Close::BadFrame(e);
-                        }
-                    };
-                    let was_connect = matches!(&item, Item::Frame(f) if matches!(f.command, Command::Connect | Command::Stomp));
-                    let step = session.handle(item).await;
-                    if was_connect {
-                        decoder.set_version(session.version());
-                        if session.tablet().is_some() {
-                            transport.connected();
-                        }
-                    }
-                    if let Some(why) = step.close {
-                        // The ERROR, if any, is written on the way out.
-                        for f in step.send {
-                            if f.command == Command::Error {
-                                error = Some(f);
-                            } else {
-                                write(&mut transport, &f, session.version()).await;
-                            }
-                        }
-                        break 'conn why;
-                    }
-                    for f in &step.send {
-                        if !write(&mut transport, f, session.version()).await {
-                            break 'conn Close::Disconnected;
-                        }
-                        last_out = Instant::now();
-                    }
-                    // Many frames in one message: let other tasks run.
-                    tokio::task::coop::consume_budget().await;
-                }
-            }
-            _ = woken => {
-                let Some(t) = tablet else { continue };
-                let (popups, closing) = t.take();
-                for p in popups {
-                    for f in session.popup(&p) {
-                        if !write(&mut transport, &f, session.version()).await {
-                            break 'conn Close::Disconnected;
-                        }
-                        last_out = Instant::now();
-                    }
-                }
-                if let Some(reason) = closing {
-                    break 'conn reason;
-                }
-            }
-            _ = sleep => {
-                let now = Instant::now();
-                if read_deadline.is_some_and(|d| now >= d) {
-                    break 'conn if tablet.is_none() {
-                        Close::ConnectTimeout
-                    } else {
-                        Close::HeartbeatTimeout
-                    };
-                }
-                if beat_due.is_some_and(|d| now >= d) {
-                    if !matches!(tokio::time::timeout(WRITE_WITHIN, transport.send("\n".into())).await, Ok(true)) {
-                        break 'conn Close::Disconnected;
-                    }
-                    last_out = now;
-                }
-            }
-            _ = stop.cancelled(), if tablet.is_none() => break 'conn Close::ServerRestart,
+/// Waits for the next thing to do. A function of its own, so that its
+/// futures are gone while the connection handles what woke it: the
+/// connection's future, held per tablet for its whole life, stays small.
+async fn next_wake<T: Transport>(
+    transport: &mut T,
+    tablet: Option<&Tablet>,
+    timer: Option<Instant>,
+    stop: &CancellationToken,
+) -> Wake {
+    let woken = async {
+        match tablet {
+            Some(t) => t.wake.notified().await,
+            None => std::future::pending().await,
         }
     };
-    session.end();
-    if let Some(f) = error.or_else(|| error_frame(&why, None)) {
-        write(&mut transport, &f, session.version()).await;
+    let sleep = async {
+        match timer {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        inbound = transport.recv() => Wake::Inbound(inbound),
+        _ = woken => Wake::Popups,
+        _ = sleep => Wake::Timer,
+        _ = stop.cancelled(), if tablet.is_none() => Wake::Stop,
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), transport.end(&why)).await;
+}
+
+/// Runs one tablet's STOMP session over `transport` until either side ends it.
+///
+/// Not an `async fn`: such a function's future keeps its arguments apart
+/// from the variables they are moved into, and this future lives as long
+/// as the tablet (BENCHMARKS.md, "Memory per tablet"). The session is
+/// built before the future, which holds it and the transport once.
+pub fn run<T: Transport>(
+    mut transport: T,
+    app: App,
+    handshake: Handshake,
+) -> impl Future<Output = ()> + Send {
+    let mut session = Session::new(app.hub.clone(), app.bus.clone(), handshake);
+    let mut decoder = Decoder::new(app.config.stomp.max_frame);
+    let stop = app.shutdown.clone();
+    drop(app);
+    async move {
+        let opened = Instant::now();
+        let mut last_in = Instant::now();
+        let mut last_out = Instant::now();
+        // The session's own ERROR for its ending (it may carry a receipt-id).
+        let mut error: Option<Frame> = None;
+
+        let why: Close = 'conn: loop {
+            let hb = session.heartbeat();
+            let tablet = session.tablet().cloned();
+            // The earliest moment something must happen without input.
+            let read_deadline = match &tablet {
+                None => Some(opened + CONNECT_WITHIN),
+                Some(_) if !hb.expect_every.is_zero() => Some(last_in + hb.expect_every * 2),
+                Some(_) => None,
+            };
+            let beat_due = (!hb.send_every.is_zero()).then(|| last_out + hb.send_every);
+            let timer = [read_deadline, beat_due].into_iter().flatten().min();
+            match next_wake(&mut transport, tablet.as_deref(), timer, &stop).await {
+                Wake::Inbound(inbound) => {
+                    let bytes = match inbound {
+                        Inbound::Closed => break 'conn Close::Disconnected,
+                        Inbound::Refused(why) => break 'conn why,
+                        Inbound::Alive => {
+                            last_in = Instant::now();
+                            continue;
+                        }
+                        Inbound::Data(bytes) => bytes,
+                    };
+                    last_in = Instant::now();
+                    decoder.push(&bytes);
+                    loop {
+                        let item = match decoder.next_item() {
+                            Ok(Some(item)) => item,
+                            Ok(None) => {
+                                decoder.release();
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::info!(error = %e, "closing a connection after a bad frame");
+                                break 'conn Close::BadFrame(e);
+                            }
+                        };
+                        let was_connect = matches!(&item, Item::Frame(f) if matches!(f.command, Command::Connect | Command::Stomp));
+                        let step = Box::pin(session.handle(item)).await;
+                        if was_connect {
+                            decoder.set_version(session.version());
+                            if session.tablet().is_some() {
+                                transport.connected();
+                            }
+                        }
+                        if let Some(why) = step.close {
+                            // The ERROR, if any, is written on the way out.
+                            for f in step.send {
+                                if f.command == Command::Error {
+                                    error = Some(f);
+                                } else {
+                                    Box::pin(write(&mut transport, &f, session.version())).await;
+                                }
+                            }
+                            break 'conn why;
+                        }
+                        for f in &step.send {
+                            if !Box::pin(write(&mut transport, f, session.version())).await {
+                                break 'conn Close::Disconnected;
+                            }
+                            last_out = Instant::now();
+                        }
+                        // Many frames in one message: let other tasks run.
+                        tokio::task::coop::consume_budget().await;
+                    }
+                }
+                Wake::Popups => {
+                    let Some(t) = tablet else { continue };
+                    let (popups, closing) = t.take();
+                    for p in popups {
+                        for f in session.popup(&p) {
+                            if !Box::pin(write(&mut transport, &f, session.version())).await {
+                                break 'conn Close::Disconnected;
+                            }
+                            last_out = Instant::now();
+                        }
+                    }
+                    if let Some(reason) = closing {
+                        break 'conn reason;
+                    }
+                }
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if read_deadline.is_some_and(|d| now >= d) {
+                        break 'conn if tablet.is_none() {
+                            Close::ConnectTimeout
+                        } else {
+                            Close::HeartbeatTimeout
+                        };
+                    }
+                    if beat_due.is_some_and(|d| now >= d) {
+                        if !matches!(
+                            Box::pin(tokio::time::timeout(WRITE_WITHIN, transport.send("\n".into()))).await,
+                            Ok(true)
+                        ) {
+                            break 'conn Close::Disconnected;
+                        }
+                        last_out = now;
+                    }
+                }
+                Wake::Stop => break 'conn Close::ServerRestart,
+            }
+        };
+        session.end();
+        if let Some(f) = error.or_else(|| error_frame(&why, None)) {
+            Box::pin(write(&mut transport, &f, session.version())).await;
+        }
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), transport.end(&why))).await;
+    }
 }

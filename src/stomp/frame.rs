@@ -302,6 +302,15 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Frees the buffer when nothing waits in it: an idle tablet keeps
+    /// no copy of the last frame's room.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            self.scanned = 0;
+        }
+    }
+
     /// Bytes waiting for the rest of a frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()

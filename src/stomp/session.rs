@@ -294,7 +294,17 @@ impl Session {
         self.label = info.label.clone();
         tracing::info!(store = %info.store, token = %info.id, session = %self.id, version = version.as_str(), "tablet connected");
         self.tablet = Some(tablet);
+        self.forget_credentials();
         Step::send(self.connected(version, &info.store))
+    }
+
+    /// Once connected, the handshake's token and origin are not needed:
+    /// the secret is not kept in memory for the tablet's whole life, nor
+    /// the bytes.
+    fn forget_credentials(&mut self) {
+        self.handshake.url_token = None;
+        self.handshake.header_token = None;
+        self.handshake.origin = None;
     }
 
     /// A CONNECT without credentials: accepted only with `compat.anonymous`
@@ -317,6 +327,7 @@ impl Session {
         let tablet = self.hub.register_anonymous();
         tracing::info!(origin = ?self.handshake.origin, session = %self.id, version = version.as_str(), "anonymous tablet connected");
         self.tablet = Some(tablet);
+        self.forget_credentials();
         Step::send(self.connected(version, ANONYMOUS))
     }
 
