@@ -77,7 +77,11 @@ impl Subscriptions {
     pub fn insert(&mut self, id: String, sub: Subscription) {
         match self.0.iter_mut().find(|(k, _)| *k == id) {
             Some((_, s)) => *s = sub,
-            None => self.0.push((id, sub)),
+            None => {
+                // One at a time: a first push would make room for four.
+                self.0.reserve_exact(1);
+                self.0.push((id, sub));
+            }
         }
     }
 
@@ -123,11 +127,7 @@ impl AckBook {
 
     /// Removes what an ACK/NACK of `ack_id` settles; returns the
     /// subscription and those calls.
-    pub fn settle(
-        &mut self,
-        ack_id: &str,
-        subs: &Subscriptions,
-    ) -> Option<(String, Vec<String>)> {
+    pub fn settle(&mut self, ack_id: &str, subs: &Subscriptions) -> Option<(String, Vec<String>)> {
         for (sub, list) in self.entries.iter_mut() {
             if let Some(pos) = list.iter().position(|(id, _)| id == ack_id) {
                 let cumulative = subs.get(sub).map(|s| s.ack) == Some(AckKind::Client);
@@ -549,6 +549,7 @@ impl Hub {
         let mut joined = tablet.joined.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
         if !joined.iter().any(|s| s == store) {
+            joined.reserve_exact(1);
             joined.push(store.to_string());
             let tablets = all.entry(store.to_string()).or_default();
             tablets.insert(tablet.id, tablet.clone());

@@ -182,7 +182,7 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
     for l in loops {
         sessions.extend(l.await.unwrap());
     }
-    let sent = sent.lock().unwrap();
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
 
     // Each session: every call sent after it subscribed and answered well
     // before it ended reached it, and none twice.

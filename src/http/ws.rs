@@ -23,11 +23,12 @@ use crate::stomp::session::Handshake;
 /// may still arrive over several messages.
 const MESSAGE_SLACK: usize = 1024;
 
-/// Bytes read from a tablet's socket at a time, and the read buffer each
-/// idle tablet keeps. Tablets send small frames (SUBSCRIBE, ACK,
-/// heart-beats); a larger one is read in several steps. 1 KiB cost about
-/// 0.75 KiB more per tablet (BENCHMARKS.md, "Memory per tablet").
-pub const READ_BUFFER: usize = 256;
+/// Bytes read from a tablet's socket at a time, and about the read buffer
+/// each idle tablet keeps (twice this, once a frame was read). Tablets
+/// send small frames (SUBSCRIBE, ACK, heart-beats); a larger one is read in
+/// several steps. 1 KiB cost about 0.75 KiB more per tablet (BENCHMARKS.md,
+/// "Memory per tablet").
+pub const READ_BUFFER: usize = 128;
 
 /// The largest WebSocket message read for a given `stomp.max_frame`.
 pub fn max_message(max_frame: usize) -> usize {
@@ -94,13 +95,27 @@ pub async fn upgrade(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let limit = max_message(app.config.stomp.max_frame);
+    let handshake = Handshake {
+        subprotocol: None,
+        url_token,
+        header_token,
+        origin,
+        client: Some(client),
+        logins: Some(logins),
+    };
+    // One box for all the upgrade needs: the task axum spawns keeps what
+    // its callback captured for the connection's whole life, so the
+    // callback holds a pointer, not ~0.3 KB of fields (BENCHMARKS.md,
+    // "Memory per tablet").
+    let setup = Box::new((app, conn, handshake));
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            let subprotocol = socket
+            let (app, conn, mut handshake) = *setup;
+            handshake.subprotocol = socket
                 .protocol()
                 .and_then(|p| p.to_str().ok())
                 .and_then(Version::from_subprotocol);
@@ -111,14 +126,7 @@ pub async fn upgrade(
                     limit,
                 },
                 app,
-                Handshake {
-                    subprotocol,
-                    url_token,
-                    header_token,
-                    origin,
-                    client: Some(client),
-                    logins: Some(logins),
-                },
+                handshake,
             )
         })
 }

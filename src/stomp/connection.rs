@@ -219,7 +219,11 @@ pub fn run<T: Transport>(
                     }
                     if beat_due.is_some_and(|d| now >= d) {
                         if !matches!(
-                            Box::pin(tokio::time::timeout(WRITE_WITHIN, transport.send("\n".into()))).await,
+                            Box::pin(tokio::time::timeout(
+                                WRITE_WITHIN,
+                                transport.send("\n".into())
+                            ))
+                            .await,
                             Ok(true)
                         ) {
                             break 'conn Close::Disconnected;
@@ -234,6 +238,10 @@ pub fn run<T: Transport>(
         if let Some(f) = error.or_else(|| error_frame(&why, None)) {
             Box::pin(write(&mut transport, &f, session.version())).await;
         }
-        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), transport.end(&why))).await;
+        let _ = Box::pin(tokio::time::timeout(
+            Duration::from_secs(1),
+            transport.end(&why),
+        ))
+        .await;
     }
 }

@@ -140,14 +140,27 @@ pub fn negotiate_heartbeat(client: Option<&str>, server: Duration) -> Heartbeat 
     }
 }
 
+/// A session's id, `s-` and 32 hex digits (CONNECTED's `session` header,
+/// and logs); kept as a number, not a string, for each tablet's whole life.
+#[derive(Debug, Clone, Copy)]
+struct SessionId([u64; 2]);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s-{:016x}{:016x}", self.0[0], self.0[1])
+    }
+}
+
 pub struct Session {
     hub: Arc<Hub>,
     /// Where this tablet's "I took it" goes to the store's other tablets.
     bus: SharedBus,
     /// The token's label: who took a call, as the other tablets see it.
     label: String,
-    handshake: Handshake,
-    id: String,
+    /// Until connected: then it is dropped, secret and all (and it costs
+    /// an idle tablet nothing).
+    handshake: Option<Box<Handshake>>,
+    id: SessionId,
     version: Version,
     tablet: Option<Arc<Tablet>>,
     heartbeat: Heartbeat,
@@ -162,8 +175,8 @@ impl Session {
             hub,
             bus,
             label: String::new(),
-            handshake,
-            id: format!("s-{}", uuid::Uuid::new_v4().simple()),
+            handshake: Some(Box::new(handshake)),
+            id: SessionId(uuid::Uuid::new_v4().as_u64_pair().into()),
             version: Version::V1_2,
             tablet: None,
             heartbeat: Heartbeat::default(),
@@ -236,15 +249,15 @@ impl Session {
                 Some(v) => v,
                 None => return Step::end(Close::UnsupportedVersion, None),
             },
-            None => self.handshake.subprotocol.unwrap_or(Version::V1_0),
+            None => self.handshake().subprotocol.unwrap_or(Version::V1_0),
         };
         self.version = version;
 
         let client = self
-            .handshake
+            .handshake()
             .client
             .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-        let logins = self.handshake.logins.clone();
+        let logins = self.handshake().logins.clone();
         let failed = |why: &str| {
             if let Some(g) = &logins {
                 g.failed(Surface::Stomp, client, why);
@@ -266,8 +279,8 @@ impl Session {
             .get("passcode")
             .filter(|p| !p.is_empty())
             .or(bearer)
-            .or(self.handshake.url_token.as_deref())
-            .or(self.handshake.header_token.as_deref())
+            .or(self.handshake().url_token.as_deref())
+            .or(self.handshake().header_token.as_deref())
             .map(str::trim)
             .map(str::to_string);
         let Some(token) = token else {
@@ -302,9 +315,20 @@ impl Session {
     /// the secret is not kept in memory for the tablet's whole life, nor
     /// the bytes.
     fn forget_credentials(&mut self) {
-        self.handshake.url_token = None;
-        self.handshake.header_token = None;
-        self.handshake.origin = None;
+        self.handshake = None;
+    }
+
+    /// The upgrade request's part of the sign-in (empty once connected).
+    fn handshake(&self) -> &Handshake {
+        static FORGOTTEN: Handshake = Handshake {
+            subprotocol: None,
+            url_token: None,
+            header_token: None,
+            origin: None,
+            client: None,
+            logins: None,
+        };
+        self.handshake.as_deref().unwrap_or(&FORGOTTEN)
     }
 
     /// A CONNECT without credentials: accepted only with `compat.anonymous`
@@ -315,17 +339,17 @@ impl Session {
             return Step::end(Close::NoToken, None);
         }
         let listed = self
-            .handshake
+            .handshake()
             .origin
             .as_deref()
             .is_some_and(|o| config.stomp.origin_listed(o));
         if !listed {
-            tracing::warn!(origin = ?self.handshake.origin, "token-less CONNECT from an origin not in stomp.allowed_origins");
+            tracing::warn!(origin = ?self.handshake().origin, "token-less CONNECT from an origin not in stomp.allowed_origins");
             return Step::end(Close::OriginNotListed, None);
         }
         self.heartbeat = negotiate_heartbeat(frame.get("heart-beat"), config.stomp.heartbeat);
         let tablet = self.hub.register_anonymous();
-        tracing::info!(origin = ?self.handshake.origin, session = %self.id, version = version.as_str(), "anonymous tablet connected");
+        tracing::info!(origin = ?self.handshake().origin, session = %self.id, version = version.as_str(), "anonymous tablet connected");
         self.tablet = Some(tablet);
         self.forget_credentials();
         Step::send(self.connected(version, ANONYMOUS))
@@ -342,7 +366,7 @@ impl Session {
                     self.heartbeat.expect_every.as_millis()
                 ),
             )
-            .header("session", self.id.clone())
+            .header("session", self.id.to_string())
             .header("server", format!("bizcall/{}", env!("CARGO_PKG_VERSION")))
             .header("user-name", user)
     }
