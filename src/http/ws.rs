@@ -26,9 +26,9 @@ const MESSAGE_SLACK: usize = 1024;
 /// Bytes read from a tablet's socket at a time, and about the read buffer
 /// each idle tablet keeps (twice this, once a frame was read). Tablets
 /// send small frames (SUBSCRIBE, ACK, heart-beats); a larger one is read in
-/// several steps. 1 KiB cost about 0.75 KiB more per tablet (BENCHMARKS.md,
-/// "Memory per tablet").
-pub const READ_BUFFER: usize = 128;
+/// several steps (a CONNECT in about five). 1 KiB cost about 0.9 KiB more
+/// per tablet (BENCHMARKS.md, "Memory per tablet").
+pub const READ_BUFFER: usize = 64;
 
 /// The largest WebSocket message read for a given `stomp.max_frame`.
 pub fn max_message(max_frame: usize) -> usize {

@@ -118,7 +118,7 @@ pub fn run<T: Transport>(
     handshake: Handshake,
 ) -> impl Future<Output = ()> + Send {
     let mut session = Session::new(app.hub.clone(), app.bus.clone(), handshake);
-    let mut decoder = Decoder::new(app.config.stomp.max_frame);
+    let max_frame = app.config.stomp.max_frame;
     let stop = app.shutdown.clone();
     drop(app);
     async move {
@@ -126,7 +126,9 @@ pub fn run<T: Transport>(
         let mut last_in = Instant::now();
         let mut last_out = Instant::now();
         // The session's own ERROR for its ending (it may carry a receipt-id).
-        let mut error: Option<Frame> = None;
+        let mut error: Option<Box<Frame>> = None;
+        // Only while part of a frame waits: an idle tablet keeps none.
+        let mut decoder: Option<Box<Decoder>> = None;
 
         let why: Close = 'conn: loop {
             let hb = session.heartbeat();
@@ -151,14 +153,16 @@ pub fn run<T: Transport>(
                         Inbound::Data(bytes) => bytes,
                     };
                     last_in = Instant::now();
-                    decoder.push(&bytes);
+                    let d = decoder.get_or_insert_with(|| {
+                        let mut d = Decoder::new(max_frame);
+                        d.set_version(session.version());
+                        Box::new(d)
+                    });
+                    d.push(&bytes);
                     loop {
-                        let item = match decoder.next_item() {
+                        let item = match d.next_item() {
                             Ok(Some(item)) => item,
-                            Ok(None) => {
-                                decoder.release();
-                                break;
-                            }
+                            Ok(None) => break,
                             Err(e) => {
                                 tracing::info!(error = %e, "closing a connection after a bad frame");
                                 break 'conn Close::BadFrame(e);
@@ -167,7 +171,7 @@ pub fn run<T: Transport>(
                         let was_connect = matches!(&item, Item::Frame(f) if matches!(f.command, Command::Connect | Command::Stomp));
                         let step = Box::pin(session.handle(item)).await;
                         if was_connect {
-                            decoder.set_version(session.version());
+                            d.set_version(session.version());
                             if session.tablet().is_some() {
                                 transport.connected();
                             }
@@ -176,7 +180,7 @@ pub fn run<T: Transport>(
                             // The ERROR, if any, is written on the way out.
                             for f in step.send {
                                 if f.command == Command::Error {
-                                    error = Some(f);
+                                    error = Some(Box::new(f));
                                 } else {
                                     Box::pin(write(&mut transport, &f, session.version())).await;
                                 }
@@ -191,6 +195,9 @@ pub fn run<T: Transport>(
                         }
                         // Many frames in one message: let other tasks run.
                         tokio::task::coop::consume_budget().await;
+                    }
+                    if decoder.as_ref().is_some_and(|d| d.is_idle()) {
+                        decoder = None;
                     }
                 }
                 Wake::Popups => {
@@ -235,7 +242,7 @@ pub fn run<T: Transport>(
             }
         };
         session.end();
-        if let Some(f) = error.or_else(|| error_frame(&why, None)) {
+        if let Some(f) = error.map(|f| *f).or_else(|| error_frame(&why, None)) {
             Box::pin(write(&mut transport, &f, session.version())).await;
         }
         let _ = Box::pin(tokio::time::timeout(

@@ -302,13 +302,10 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Frees the buffer when nothing waits in it: an idle tablet keeps
-    /// no copy of the last frame's room.
-    pub fn release(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
-            self.scanned = 0;
-        }
+    /// Nothing waits for the rest of a frame: the decoder can go (the
+    /// connection keeps none while a tablet is idle).
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.head.is_none()
     }
 
     /// Bytes waiting for the rest of a frame.
