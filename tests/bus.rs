@@ -566,3 +566,105 @@ async fn store_routing_delivers_a_store_only_where_it_is_followed() {
     b.shutdown().await;
     broker.cleanup().await;
 }
+
+/// The outbox: an event published while the broker is away is kept and
+/// published after reconnection, in both routings (with store routing the
+/// new queue is bound again first).
+async fn outbox_republishes_after_reconnection(routing: Routing) {
+    let broker = common::Broker::new();
+    let relay = common::relay::Relay::start("127.0.0.1:5672".into()).await;
+    let (handler, mut rx) = recorder(Behaviour::Accept);
+    let port = relay.port;
+    let bus = amqp_bus(
+        &broker,
+        routing,
+        &["s"],
+        |c| c.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        handler,
+    )
+    .await;
+    relay.cut();
+    common::eventually(Duration::from_secs(10), "bus down", || {
+        let down = bus.state() == BusState::Reconnecting;
+        async move { down }
+    })
+    .await;
+    let kept = bus
+        .publish(&event("while-away", "s", Duration::from_secs(30)))
+        .await;
+    assert!(kept.is_err(), "a publish without a broker is not confirmed");
+    relay.restore();
+    let (ev, _) = recv(&mut rx).await;
+    assert_eq!(ev.call_id, "while-away");
+    nothing_more(&mut rx).await;
+    bus.shutdown().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_republishes_after_reconnection() {
+    tokio::join!(
+        outbox_republishes_after_reconnection(Routing::Fanout),
+        outbox_republishes_after_reconnection(Routing::Store)
+    );
+}
+
+/// `bizcall dlq replay` with store routing: a dead call event goes back to
+/// the direct exchange under its store's key, to the instances holding
+/// that store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_routing_dlq_replay_reaches_the_store() {
+    let broker = common::Broker::new();
+    let (failing, mut failed) = recorder(Behaviour::Fail);
+    let dead = amqp_bus(
+        &broker,
+        Routing::Store,
+        &["s"],
+        |c| {
+            c.amqp.dead_letter = true;
+            c.amqp.retry_max_attempts = 1;
+        },
+        failing,
+    )
+    .await;
+    dead.publish(&event("again", "s", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    recv(&mut failed).await;
+    common::eventually(Duration::from_secs(10), "dead-lettered", || async {
+        broker.dlq_depth().await == 1
+    })
+    .await;
+    dead.shutdown().await;
+
+    let (handler, mut rx) = recorder(Behaviour::Accept);
+    let (other, mut rx_other) = recorder(Behaviour::Accept);
+    let live = amqp_bus(
+        &broker,
+        Routing::Store,
+        &["s"],
+        |c| c.amqp.dead_letter = true,
+        handler,
+    )
+    .await;
+    let elsewhere = amqp_bus(
+        &broker,
+        Routing::Store,
+        &["t"],
+        |c| c.amqp.dead_letter = true,
+        other,
+    )
+    .await;
+    let mut config = Config::default();
+    broker.apply(&mut config);
+    config.amqp.routing = Routing::Store;
+    config.amqp.dead_letter = true;
+    let (replayed, skipped) = bizcall::bus::dlq::replay(&config).await.unwrap();
+    assert_eq!((replayed, skipped), (1, 0));
+    assert_eq!(recv(&mut rx).await.0.call_id, "again");
+    nothing_more(&mut rx_other).await;
+    assert_eq!(broker.dlq_depth().await, 0);
+    live.shutdown().await;
+    elsewhere.shutdown().await;
+    broker.cleanup().await;
+}
