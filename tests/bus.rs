@@ -436,29 +436,18 @@ async fn ack_modes_none_and_auto_leave_nothing_unacknowledged() {
 /// `rabbitmqctl list_bindings` rows (source, routing key, destination)
 /// from `exchange`.
 fn bindings_from(exchange: &str) -> Vec<(String, String, String)> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_bindings",
-            "-q",
-            "--no-table-headers",
-            "source_name",
-            "routing_key",
-            "destination_name",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            Some((
-                f.next()?.to_string(),
-                f.next()?.to_string(),
-                f.next()?.to_string(),
-            ))
-        })
-        .filter(|(source, _, _)| source == exchange)
-        .collect()
+    common::rabbitmq_rows(
+        "list_bindings",
+        &["source_name", "routing_key", "destination_name"],
+    )
+    .into_iter()
+    .filter_map(|row| match &row[..] {
+        [source, key, queue] if source == exchange => {
+            Some((source.clone(), key.clone(), queue.clone()))
+        }
+        _ => None,
+    })
+    .collect()
 }
 
 fn replays_of(handler: &Recorder, store: &str) -> usize {
@@ -482,25 +471,14 @@ async fn store_routing_delivers_a_store_only_where_it_is_followed() {
     let b = amqp_bus(&broker, Routing::Store, &["s1", "s2"], grace, h2.clone()).await;
 
     // A durable direct exchange of its own; the fanout one is not declared.
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_exchanges",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "type",
-            "durable",
-        ])
-        .output()
-        .unwrap();
-    let exchanges = String::from_utf8_lossy(&out.stdout).to_string();
+    let exchanges = common::rabbitmq_rows("list_exchanges", &["name", "type", "durable"]);
     assert!(
         exchanges
-            .lines()
-            .any(|l| l == format!("{routed}\tdirect\ttrue")),
-        "{exchanges}"
+            .iter()
+            .any(|x| x[..] == [routed.as_str(), "direct", "true"]),
+        "{exchanges:?}"
     );
-    assert!(!exchanges.contains(&format!("{}\t", broker.exchange)));
+    assert!(!exchanges.iter().any(|x| x[0] == broker.exchange));
 
     let publish = |bus: &Arc<dyn Bus>, id: &str, store: &str| {
         let (bus, ev) = (bus.clone(), event(id, store, Duration::from_secs(30)));

@@ -910,10 +910,11 @@ impl Inner {
         m::consumed();
         let acks = self.config.ack_mode != AckMode::None;
         let acker = delivery.acker.clone();
+        let sent_us = published_us(&delivery);
         let mut event = match BusEvent::from_json(&delivery.data, self.ttl) {
             Ok(BusEvent::Call(ev)) => ev,
             Ok(BusEvent::Handled(ev)) => {
-                m::bus_transit(transit(&delivery, ev.at));
+                m::bus_transit(transit(sent_us, ev.at));
                 return self.on_handled(acker, ev).await;
             }
             Err(e) => {
@@ -926,8 +927,8 @@ impl Inner {
                 return;
             }
         };
-        m::bus_transit(transit(&delivery, event.published_at));
-        event.published_us = published_us(&delivery);
+        m::bus_transit(transit(sent_us, event.published_at));
+        event.published_us = sent_us;
         let now = Utc::now();
         if !event.is_live(now) {
             m::expired_before_delivery();
@@ -1177,11 +1178,11 @@ fn published_us(delivery: &lapin::message::Delivery) -> Option<i64> {
         })
 }
 
-/// The bus leg of a delivery: from the publish-time header when present,
-/// else from the event's own (millisecond) publish time.
-fn transit(delivery: &lapin::message::Delivery, published_at: chrono::DateTime<Utc>) -> Duration {
+/// The bus leg of a delivery: from the publish-time header (`sent_us`)
+/// when present, else from the event's own (millisecond) publish time.
+fn transit(sent_us: Option<i64>, published_at: chrono::DateTime<Utc>) -> Duration {
     let now = Utc::now();
-    match published_us(delivery) {
+    match sent_us {
         Some(us) => Duration::from_micros(now.timestamp_micros().saturating_sub(us).max(0) as u64),
         None => (now - published_at).to_std().unwrap_or_default(),
     }

@@ -415,17 +415,28 @@ impl Default for Broker {
     }
 }
 
-/// `rabbitmqctl list_queues name <columns…>` rows whose name starts with `prefix`.
-pub fn list_queues(prefix: &str, columns: &[&str]) -> Vec<Vec<String>> {
+/// `rabbitmqctl <listing> <columns…>` (`list_queues`, `list_exchanges`,
+/// `list_bindings`), a row of fields per line.
+pub fn rabbitmq_rows(listing: &str, columns: &[&str]) -> Vec<Vec<String>> {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .args([listing, "-q", "--no-table-headers"])
         .args(columns)
         .output()
         .expect("rabbitmqctl");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.starts_with(prefix))
         .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// `rabbitmqctl list_queues name <columns…>` rows whose name starts with `prefix`.
+pub fn list_queues(prefix: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let columns: Vec<&str> = std::iter::once("name")
+        .chain(columns.iter().copied())
+        .collect();
+    rabbitmq_rows("list_queues", &columns)
+        .into_iter()
+        .filter(|row| row[0].starts_with(prefix))
         .collect()
 }
 
