@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, oneshot, Notify};
 use crate::bus::{Bus, EventHandler, HandleError, Handled, Interest};
 use crate::call::{CallEvent, EventKind, HandledEvent};
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, PresenceKey};
 use crate::metrics as m;
 use crate::stomp::close::Close;
 use crate::trail::Trail;
@@ -109,16 +109,24 @@ impl Subscriptions {
 
 /// Messages sent and not yet acknowledged, per subscription, so an ACK can
 /// be traced to its call. Bounded: the oldest are forgotten.
+/// Boxed on first use: tablets that never ACK (the most) carry a pointer.
 #[derive(Debug, Default)]
 pub struct AckBook {
-    entries: HashMap<String, VecDeque<(String, String)>>,
+    entries: Option<Box<Unsettled>>,
 }
+
+/// Subscription → (ack id, call id), oldest first.
+type Unsettled = HashMap<String, VecDeque<(String, String)>>;
 
 const ACK_BOOK_LIMIT: usize = 512;
 
 impl AckBook {
     pub fn record(&mut self, subscription: &str, ack_id: String, call_id: String) {
-        let list = self.entries.entry(subscription.to_string()).or_default();
+        let list = self
+            .entries
+            .get_or_insert_default()
+            .entry(subscription.to_string())
+            .or_default();
         if list.len() == ACK_BOOK_LIMIT {
             list.pop_front();
         }
@@ -128,7 +136,7 @@ impl AckBook {
     /// Removes what an ACK/NACK of `ack_id` settles; returns the
     /// subscription and those calls.
     pub fn settle(&mut self, ack_id: &str, subs: &Subscriptions) -> Option<(String, Vec<String>)> {
-        for (sub, list) in self.entries.iter_mut() {
+        for (sub, list) in self.entries.as_deref_mut()?.iter_mut() {
             if let Some(pos) = list.iter().position(|(id, _)| id == ack_id) {
                 let cumulative = subs.get(sub).map(|s| s.ack) == Some(AckKind::Client);
                 let taken: Vec<(String, String)> = if cumulative {
@@ -146,7 +154,9 @@ impl AckBook {
     }
 
     pub fn forget(&mut self, subscription: &str) {
-        self.entries.remove(subscription);
+        if let Some(entries) = self.entries.as_deref_mut() {
+            entries.remove(subscription);
+        }
     }
 }
 
@@ -253,7 +263,7 @@ impl Prepared {
 pub struct Outbound {
     pub popups: VecDeque<Arc<Prepared>>,
     /// Set when the connection must end; the writer sends the ERROR and closes.
-    pub closing: Option<Close>,
+    pub closing: Option<Box<Close>>,
 }
 
 /// One connected tablet, shared by its connection task and the hub.
@@ -262,13 +272,14 @@ pub struct Tablet {
     pub id: u64,
     /// The token's store; empty for an anonymous tablet.
     pub store: String,
-    /// The token's id; empty for an anonymous tablet.
-    pub token_id: String,
+    /// The token's id; empty for an anonymous tablet. Shared with the
+    /// presence counts, which key by it.
+    pub token_id: Arc<str>,
     /// Connected without a token (`compat.anonymous`): may follow any
     /// store's legacy destination.
     pub anonymous: bool,
-    /// Stores the hub lists this tablet under.
-    joined: Mutex<Vec<String>>,
+    /// Stores the hub lists this tablet under (the hub's own keys).
+    joined: Mutex<Vec<Arc<str>>>,
     /// Subscription id → what it carries.
     pub subscriptions: Mutex<Subscriptions>,
     pub acks: Mutex<AckBook>,
@@ -278,7 +289,8 @@ pub struct Tablet {
     capacity: usize,
     /// Calls this tablet acknowledged first (the newest few): it is not
     /// told that it took them itself.
-    took: Mutex<VecDeque<String>>,
+    /// Boxed on first use.
+    took: Mutex<Option<Box<Took>>>,
 }
 
 impl Tablet {
@@ -309,7 +321,7 @@ impl Tablet {
             }
         } else if out.popups.len() >= self.capacity {
             out.popups.clear();
-            out.closing = Some(Close::SlowConsumer);
+            out.closing = Some(Box::new(Close::SlowConsumer));
             m::slow_consumer();
         } else {
             out.popups.push_back(event);
@@ -325,7 +337,7 @@ impl Tablet {
         let mut out = self.lock_out();
         if out.closing.is_none() {
             out.popups.clear();
-            out.closing = Some(reason);
+            out.closing = Some(Box::new(reason));
         }
         drop(out);
         self.wake.notify_one();
@@ -334,7 +346,10 @@ impl Tablet {
     /// Takes everything queued: the popups, and the close reason if any.
     pub fn take(&self) -> (Vec<Arc<Prepared>>, Option<Close>) {
         let mut out = self.lock_out();
-        (out.popups.drain(..).collect(), out.closing.clone())
+        (
+            out.popups.drain(..).collect(),
+            out.closing.as_deref().cloned(),
+        )
     }
 
     fn awaits_ack(&self) -> bool {
@@ -356,6 +371,7 @@ impl Tablet {
     /// Remembers that this tablet took `call_id`.
     pub fn took(&self, call_id: &str) {
         let mut took = self.took.lock().unwrap_or_else(|p| p.into_inner());
+        let Took(took) = took.get_or_insert_default().as_mut();
         if took.len() >= TOOK_LIMIT {
             took.pop_front();
         }
@@ -364,9 +380,14 @@ impl Tablet {
 
     fn has_taken(&self, call_id: &str) -> bool {
         let took = self.took.lock().unwrap_or_else(|p| p.into_inner());
-        took.iter().any(|c| c == call_id)
+        took.as_deref()
+            .is_some_and(|Took(t)| t.iter().any(|c| c == call_id))
     }
 }
+
+/// Calls a tablet took, newest last.
+#[derive(Debug, Default)]
+struct Took(VecDeque<String>);
 
 /// Calls a tablet remembers having taken: far more than it can show at once.
 const TOOK_LIMIT: usize = 64;
@@ -386,6 +407,13 @@ struct Seen {
 /// What the hub has seen per call, pruned in amortised constant time: a
 /// sweep runs only once the map has doubled since the last one.
 #[derive(Debug)]
+/// See [`Hub::presence_changes`].
+#[derive(Default)]
+struct PresenceCounts {
+    counts: HashMap<PresenceKey, i64>,
+    dirty: HashSet<PresenceKey>,
+}
+
 struct SeenCalls {
     calls: HashMap<String, Seen>,
     prune_above: usize,
@@ -417,11 +445,18 @@ struct HandledCalls {
     prune_above: usize,
 }
 
+/// Store (one allocation per store, shared with its tablets' lists) →
+/// tablet id → tablet.
+type TabletsByStore = HashMap<Arc<str>, HashMap<u64, Arc<Tablet>>>;
+
 pub struct Hub {
     config: Arc<Config>,
     db: Db,
     /// Store → tablets following its calls here.
-    tablets: RwLock<HashMap<String, HashMap<u64, Arc<Tablet>>>>,
+    tablets: RwLock<TabletsByStore>,
+    /// Tablets here per (store, token), kept as they join and leave, and
+    /// which of those counts changed since the presence task last wrote.
+    presence: Mutex<PresenceCounts>,
     /// Connected tablets: with a token, and anonymous.
     with_token: AtomicU64,
     anonymous: AtomicU64,
@@ -447,6 +482,7 @@ impl Hub {
             config,
             db,
             tablets: RwLock::new(HashMap::new()),
+            presence: Mutex::new(PresenceCounts::default()),
             with_token: AtomicU64::new(0),
             anonymous: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -484,17 +520,53 @@ impl Hub {
         self.trail.get()
     }
 
-    /// Tablets connected here per (store, token id); anonymous tablets
-    /// under `""`, once per store they follow.
-    pub fn presence(&self) -> HashMap<(String, String), usize> {
-        let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: HashMap<(String, String), usize> = HashMap::new();
-        for (store, tablets) in all.iter() {
-            for t in tablets.values() {
-                *out.entry((store.clone(), t.token_id.clone())).or_default() += 1;
-            }
+    /// The (store, token) counts changed since the last call, each with
+    /// its count now (0: none left); anonymous tablets count under the
+    /// token `""`, once per store they follow. What a failed write did
+    /// not store goes back with [`Hub::presence_unwritten`].
+    pub fn presence_changes(&self) -> Vec<(PresenceKey, i64)> {
+        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty = std::mem::take(&mut p.dirty);
+        dirty
+            .into_iter()
+            .map(|k| {
+                let n = p.counts.get(&k).copied().unwrap_or(0);
+                (k, n)
+            })
+            .collect()
+    }
+
+    /// Marks counts that [`Hub::presence_changes`] returned as still to
+    /// be written.
+    pub fn presence_unwritten(&self, keys: impl IntoIterator<Item = PresenceKey>) {
+        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        p.dirty.extend(keys);
+    }
+
+    /// Token ids of the tablets connected here (without `""`), each once.
+    pub fn presence_tokens(&self) -> Vec<Arc<str>> {
+        let p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens: HashSet<&Arc<str>> = p
+            .counts
+            .keys()
+            .map(|k| &k.token_id)
+            .filter(|t| !t.is_empty())
+            .collect();
+        tokens.into_iter().cloned().collect()
+    }
+
+    fn presence_add(&self, store: &Arc<str>, token_id: &Arc<str>, by: i64) {
+        let key = PresenceKey {
+            store: store.clone(),
+            token_id: token_id.clone(),
+        };
+        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let n = p.counts.entry(key.clone()).or_insert(0);
+        *n += by;
+        if *n <= 0 {
+            p.counts.remove(&key);
         }
-        out
+        p.dirty.insert(key);
     }
 
     pub fn config(&self) -> &Config {
@@ -514,7 +586,7 @@ impl Hub {
         Arc::new(Tablet {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             store: store.to_string(),
-            token_id: token_id.to_string(),
+            token_id: Arc::from(token_id),
             anonymous,
             joined: Mutex::new(Vec::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
@@ -522,7 +594,7 @@ impl Hub {
             outbound: Mutex::new(Outbound::default()),
             wake: Notify::new(),
             capacity: self.config.stomp.outbound_queue,
-            took: Mutex::new(VecDeque::new()),
+            took: Mutex::new(None),
         })
     }
 
@@ -548,14 +620,20 @@ impl Hub {
     pub fn join(&self, tablet: &Arc<Tablet>, store: &str) {
         let mut joined = tablet.joined.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
-        if !joined.iter().any(|s| s == store) {
+        if !joined.iter().any(|s| &**s == store) {
+            // One allocation per store here, shared by its tablets.
+            let key = match all.get_key_value(store) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(store),
+            };
             joined.reserve_exact(1);
-            joined.push(store.to_string());
-            let tablets = all.entry(store.to_string()).or_default();
+            joined.push(key.clone());
+            let tablets = all.entry(key.clone()).or_default();
             tablets.insert(tablet.id, tablet.clone());
             if tablets.len() == 1 {
                 self.tell_bus(Interest::Follow(store.to_string()));
             }
+            self.presence_add(&key, &tablet.token_id, 1);
         }
         self.gauge(&all);
     }
@@ -565,10 +643,12 @@ impl Hub {
         let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
         for name in &joined {
             if let Some(store) = all.get_mut(name) {
-                store.remove(&tablet.id);
+                if store.remove(&tablet.id).is_some() {
+                    self.presence_add(name, &tablet.token_id, -1);
+                }
                 if store.is_empty() {
                     all.remove(name);
-                    self.tell_bus(Interest::Unfollow(name.clone()));
+                    self.tell_bus(Interest::Unfollow(name.to_string()));
                 }
             }
         }
@@ -581,7 +661,7 @@ impl Hub {
         self.gauge(&all);
     }
 
-    fn gauge(&self, all: &HashMap<String, HashMap<u64, Arc<Tablet>>>) {
+    fn gauge(&self, all: &TabletsByStore) {
         m::tablets(
             self.with_token.load(Ordering::Relaxed) as usize,
             self.anonymous.load(Ordering::Relaxed) as usize,
@@ -613,7 +693,7 @@ impl Hub {
         all.iter()
             .map(|(k, v)| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     v.values().filter(|t| t.anonymous == anonymous).count(),
                 )
             })
@@ -624,7 +704,7 @@ impl Hub {
     /// Stores with a tablet here.
     fn stores_here(&self) -> HashSet<String> {
         let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-        all.keys().cloned().collect()
+        all.keys().map(|k| k.to_string()).collect()
     }
 
     fn every_tablet(&self) -> Vec<Arc<Tablet>> {
@@ -644,11 +724,11 @@ impl Hub {
         }
     }
 
-    /// Closes tablets whose token is no longer among `live` token ids.
-    pub fn close_revoked(&self, live: &HashSet<String>) -> usize {
+    /// Closes tablets whose token is among `dead` token ids.
+    pub fn close_revoked(&self, dead: &HashSet<String>) -> usize {
         let mut closed = 0;
         for t in self.every_tablet() {
-            if !t.anonymous && !live.contains(&t.token_id) {
+            if !t.anonymous && dead.contains(&*t.token_id) {
                 t.close(Close::Revoked);
                 closed += 1;
             }
@@ -661,15 +741,6 @@ impl Hub {
         let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
         all.get(store)
             .is_some_and(|s| s.values().any(|t| t.subscribed()))
-    }
-
-    /// Token ids of the tablets connected here.
-    pub fn token_ids(&self) -> HashSet<String> {
-        self.every_tablet()
-            .into_iter()
-            .filter(|t| !t.anonymous)
-            .map(|t| t.token_id.clone())
-            .collect()
     }
 
     /// A tablet acknowledged a call's popup: release the bus message.
@@ -763,7 +834,7 @@ impl EventHandler for Hub {
         let _ = self.watchers.send(event.clone());
         let targets: Vec<Arc<Tablet>> = {
             let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-            all.get(&event.store)
+            all.get(event.store.as_str())
                 .map(|s| s.values().filter(|t| t.subscribed()).cloned().collect())
                 .unwrap_or_default()
         };
@@ -798,7 +869,7 @@ impl EventHandler for Hub {
             }
         }
         if let Some(trail) = self.trail() {
-            let tokens = targets.iter().map(|t| t.token_id.as_str());
+            let tokens = targets.iter().map(|t| &t.token_id[..]);
             trail.reached(event.call_id(), tokens, slow);
         }
         Ok(handled)
@@ -818,7 +889,7 @@ impl EventHandler for Hub {
         }
         let targets: Vec<Arc<Tablet>> = {
             let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
-            all.get(&event.store)
+            all.get(event.store.as_str())
                 .map(|s| {
                     s.values()
                         .filter(|t| t.follows_new_destination() && !t.has_taken(&event.call_id))
@@ -977,7 +1048,7 @@ mod tests {
             outbound: Mutex::new(Outbound::default()),
             wake: Notify::new(),
             capacity,
-            took: Mutex::new(VecDeque::new()),
+            took: Mutex::new(None),
         }
     }
 

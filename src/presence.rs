@@ -9,7 +9,8 @@
 //! an instance killed with SIGKILL drop out at most `STALE` after its last
 //! heart-beat. Why a table and not the bus: see docs/presence.md.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::db::{now_millis, InstanceRow, PresenceKey};
@@ -59,42 +60,34 @@ pub fn alive_since() -> i64 {
 }
 
 /// Keeps this instance's presence rows up to date until it stops, then
-/// removes them.
+/// removes them. The hub counts tablets as they come and go and keeps
+/// which counts changed, so each round writes only those, without a copy
+/// of every tablet's row (BENCHMARKS.md, "Memory per tablet").
 pub async fn run(app: App) {
     let me = app.identity.clone();
-    let mut written: HashMap<PresenceKey, i64> = HashMap::new();
     let mut last_beat: Option<Instant> = None;
     let mut last_seen = Instant::now();
     let mut forgot = Instant::now();
     loop {
-        let now = hub_snapshot(&app);
-        let changed = now != written;
+        let changes = app.hub.presence_changes();
         let due = last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT);
-        if changed || due {
-            let set: Vec<(PresenceKey, i64)> = now
-                .iter()
-                .filter(|(k, n)| written.get(*k) != Some(*n))
-                .map(|(k, n)| (k.clone(), *n))
-                .collect();
-            let gone: Vec<PresenceKey> = written
-                .keys()
-                .filter(|k| !now.contains_key(*k))
-                .cloned()
-                .collect();
+        if !changes.is_empty() || due {
+            let (set, gone): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(_, n)| *n > 0);
+            let gone: Vec<PresenceKey> = gone.into_iter().map(|(k, _)| k).collect();
             // Tokens that came or went are stamped now; all connected ones
             // once a minute.
-            let mut seen: HashSet<String> = set
+            let mut seen: HashSet<Arc<str>> = set
                 .iter()
                 .map(|(k, _)| k)
                 .chain(gone.iter())
                 .map(|k| k.token_id.clone())
                 .collect();
             if last_seen.elapsed() >= SEEN_EVERY {
-                seen.extend(now.keys().map(|k| k.token_id.clone()));
+                seen.extend(app.hub.presence_tokens());
                 last_seen = Instant::now();
             }
             seen.remove("");
-            let seen: Vec<String> = seen.into_iter().collect();
+            let seen: Vec<Arc<str>> = seen.into_iter().collect();
             let row = InstanceRow {
                 id: me.id.clone(),
                 name: me.name.clone(),
@@ -103,11 +96,12 @@ pub async fn run(app: App) {
                 bus: Some(crate::server::bus_mode(&app.config).into()),
             };
             match app.db.presence_beat(&row, &set, &gone, &seen).await {
-                Ok(()) => {
-                    written = now;
-                    last_beat = Some(Instant::now());
+                Ok(()) => last_beat = Some(Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence heart-beat failed; will retry");
+                    app.hub
+                        .presence_unwritten(set.into_iter().map(|(k, _)| k).chain(gone));
                 }
-                Err(e) => tracing::warn!(error = %e, "presence heart-beat failed; will retry"),
             }
         }
         if forgot.elapsed() >= HEARTBEAT * 12 {
@@ -125,12 +119,4 @@ pub async fn run(app: App) {
         Ok(()) => tracing::debug!(instance = %me.id, "presence removed"),
         Err(e) => tracing::warn!(error = %e, "could not remove this instance's presence"),
     }
-}
-
-fn hub_snapshot(app: &App) -> HashMap<PresenceKey, i64> {
-    app.hub
-        .presence()
-        .into_iter()
-        .map(|((store, token_id), n)| (PresenceKey { store, token_id }, n as i64))
-        .collect()
 }

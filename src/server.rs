@@ -464,17 +464,19 @@ async fn revocation(app: App) {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(REVOCATION_EVERY) => {}
         }
-        let connected: Vec<String> = app.hub.token_ids().into_iter().collect();
+        let connected: Vec<String> = app
+            .hub
+            .presence_tokens()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
         if connected.is_empty() {
             continue;
         }
         match app.db.tokens_not_live(&connected).await {
             Ok(dead) if !dead.is_empty() => {
-                let live: std::collections::HashSet<String> = connected
-                    .into_iter()
-                    .filter(|id| !dead.contains(id))
-                    .collect();
-                let closed = app.hub.close_revoked(&live);
+                let dead: std::collections::HashSet<String> = dead.into_iter().collect();
+                let closed = app.hub.close_revoked(&dead);
                 tracing::info!(closed, "closed tablets whose token was revoked");
             }
             Ok(_) => {}

@@ -774,6 +774,23 @@ async fn presence_is_cluster_wide_and_a_killed_instance_drops_out() {
         "{t}"
     );
 
+    // A tablet that comes and goes is counted, then no longer counted,
+    // by the instance it was on (only the changed count is written).
+    let first = instances[0].addr;
+    let mut extra = Client::open(&format!("ws://{first}/ws"), None, None).await;
+    extra.connect(&token).await;
+    common::eventually(Duration::from_secs(30), "4 tablets online", || {
+        let f = online(third.clone());
+        async move { f.await == 4 }
+    })
+    .await;
+    drop(extra);
+    common::eventually(Duration::from_secs(30), "3 tablets online again", || {
+        let f = online(third.clone());
+        async move { f.await == 3 }
+    })
+    .await;
+
     // SIGKILL instance 1: no goodbye, its rows stay, its heart-beat stops.
     let killed = instances.remove(1);
     let pid = killed.child.id().to_string();
@@ -883,4 +900,64 @@ async fn the_console_page_has_the_tablet_pages_security_headers() {
         .unwrap();
     assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
     ctx.cleanup().await;
+}
+
+/// The revocation check asks about the tokens it is given, on both
+/// databases: revoked ones, ones whose store was removed and unknown ones
+/// come back; live ones (and live tokens it was not asked about) do not.
+async fn revocation_check_reads_the_given_tokens(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.connect().await;
+    db.store_add("wash-rv", "Wash RV", &["05011110001".into()])
+        .await
+        .unwrap();
+    db.store_add("wash-gone", "Wash Gone", &["05011110002".into()])
+        .await
+        .unwrap();
+    let (live, _) = db.token_issue("wash-rv", "front").await.unwrap();
+    let (other_live, _) = db.token_issue("wash-rv", "back").await.unwrap();
+    let (revoked, _) = db.token_issue("wash-rv", "old").await.unwrap();
+    let (of_gone_store, _) = db.token_issue("wash-gone", "front").await.unwrap();
+    assert!(db.token_revoke(&revoked).await.unwrap());
+    assert!(db.store_remove("wash-gone").await.unwrap());
+
+    let asked = vec![
+        live.clone(),
+        revoked.clone(),
+        of_gone_store.clone(),
+        "no-such-token".to_string(),
+        "x' OR '1'='1".to_string(),
+    ];
+    let mut dead = db.tokens_not_live(&asked).await.unwrap();
+    dead.sort();
+    let mut want = vec![
+        revoked,
+        of_gone_store,
+        "no-such-token".to_string(),
+        "x' OR '1'='1".to_string(),
+    ];
+    want.sort();
+    assert_eq!(dead, want);
+    assert!(!dead.contains(&other_live));
+    assert!(db.tokens_not_live(&[]).await.unwrap().is_empty());
+    // More ids than one statement carries.
+    let many: Vec<String> = (0..12_000)
+        .map(|i| format!("t-{i}"))
+        .chain([live.clone()])
+        .collect();
+    let dead = db.tokens_not_live(&many).await.unwrap();
+    assert_eq!(dead.len(), 12_000);
+    assert!(!dead.contains(&live));
+    db.close().await;
+    test_db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_check_reads_the_given_tokens_on_sqlite() {
+    revocation_check_reads_the_given_tokens(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_check_reads_the_given_tokens_on_postgresql() {
+    revocation_check_reads_the_given_tokens(Backend::Postgres).await;
 }

@@ -24,8 +24,8 @@ pub struct InstanceRow {
 /// anonymous tablets).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PresenceKey {
-    pub store: String,
-    pub token_id: String,
+    pub store: std::sync::Arc<str>,
+    pub token_id: std::sync::Arc<str>,
 }
 
 /// Tablets online across the cluster for one store.
@@ -106,7 +106,7 @@ impl Db {
         instance: &InstanceRow,
         set: &[(PresenceKey, i64)],
         gone: &[PresenceKey],
-        seen: &[String],
+        seen: &[std::sync::Arc<str>],
     ) -> Result<()> {
         let now = instance.heartbeat_at;
         on_pool!(self, pool => {
@@ -127,8 +127,8 @@ impl Db {
                     "DELETE FROM presence WHERE instance_id = $1 AND store = $2 AND token_id = $3",
                 )
                 .bind(&instance.id)
-                .bind(&key.store)
-                .bind(&key.token_id)
+                .bind(&*key.store)
+                .bind(&*key.token_id)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -138,8 +138,8 @@ impl Db {
                      ON CONFLICT (instance_id, store, token_id) DO UPDATE SET tablets = excluded.tablets",
                 )
                 .bind(&instance.id)
-                .bind(&key.store)
-                .bind(&key.token_id)
+                .bind(&*key.store)
+                .bind(&*key.token_id)
                 .bind(n)
                 .execute(&mut *tx)
                 .await?;
@@ -147,7 +147,7 @@ impl Db {
             for id in seen {
                 sqlx::query("UPDATE tokens SET last_seen_at = $1 WHERE id = $2")
                     .bind(now)
-                    .bind(id)
+                    .bind(&**id)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -38,6 +38,9 @@ pub enum Db {
 }
 
 /// Runs the same expression against whichever pool this is.
+/// Token ids asked about in one statement by the revocation check.
+const TOKEN_CHECK_CHUNK: usize = 5_000;
+
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
@@ -603,13 +606,32 @@ impl Db {
     }
 
     /// Ids of tokens that are revoked (or whose store is gone) among `ids`.
+    /// Reads only the rows of `ids` (the tokens connected to this
+    /// instance), never the fleet's whole token table.
     pub async fn tokens_not_live(&self, ids: &[String]) -> Result<Vec<String>> {
-        let live: Vec<String> = on_pool!(self, pool => sqlx::query_scalar(
-            "SELECT id FROM tokens WHERE revoked_at IS NULL",
-        )
-        .fetch_all(pool)
-        .await)?;
-        let live: std::collections::HashSet<String> = live.into_iter().collect();
+        let mut live = std::collections::HashSet::new();
+        for chunk in ids.chunks(TOKEN_CHECK_CHUNK) {
+            let rows: Vec<String> =
+                match self {
+                    Db::Sqlite(pool) => {
+                        let list = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
+                        sqlx::query_scalar(
+                            "SELECT id FROM tokens WHERE revoked_at IS NULL \
+                         AND id IN (SELECT value FROM json_each($1))",
+                        )
+                        .bind(list)
+                        .fetch_all(pool)
+                        .await?
+                    }
+                    Db::Postgres(pool) => sqlx::query_scalar(
+                        "SELECT id FROM tokens WHERE revoked_at IS NULL AND id = ANY($1::text[])",
+                    )
+                    .bind(chunk)
+                    .fetch_all(pool)
+                    .await?,
+                };
+            live.extend(rows);
+        }
         Ok(ids
             .iter()
             .filter(|id| !live.contains(*id))

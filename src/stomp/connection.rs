@@ -77,21 +77,15 @@ enum Wake {
     Stop,
 }
 
-/// Waits for the next thing to do. A function of its own, so that its
-/// futures are gone while the connection handles what woke it: the
-/// connection's future, held per tablet for its whole life, stays small.
+/// Waits for the next thing a connected tablet's connection must do. A
+/// function of its own, so that its futures are gone while the
+/// connection handles what woke it: the connection's future, held per
+/// tablet for its whole life, stays small.
 async fn next_wake<T: Transport>(
     transport: &mut T,
-    tablet: Option<&Tablet>,
+    tablet: &Tablet,
     timer: Option<Instant>,
-    stop: &CancellationToken,
 ) -> Wake {
-    let woken = async {
-        match tablet {
-            Some(t) => t.wake.notified().await,
-            None => std::future::pending().await,
-        }
-    };
     let sleep = async {
         match timer {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -100,10 +94,43 @@ async fn next_wake<T: Transport>(
     };
     tokio::select! {
         inbound = transport.recv() => Wake::Inbound(inbound),
-        _ = woken => Wake::Popups,
+        _ = tablet.wake.notified() => Wake::Popups,
         _ = sleep => Wake::Timer,
-        _ = stop.cancelled(), if tablet.is_none() => Wake::Stop,
     }
+}
+
+/// The same before CONNECT, when the instance stopping also ends the wait
+/// (a tablet is told with its queue). Short-lived, so its future is boxed
+/// by the caller rather than sized into every tablet's.
+async fn next_wake_unconnected<T: Transport>(
+    transport: &mut T,
+    deadline: Instant,
+    stop: &CancellationToken,
+) -> Wake {
+    tokio::select! {
+        inbound = transport.recv() => Wake::Inbound(inbound),
+        _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+        _ = stop.cancelled() => Wake::Stop,
+    }
+}
+
+/// When the connection must act without input: the read deadline (CONNECT
+/// not yet received, or the client's heart-beats missed) and the next
+/// heart-beat to send.
+fn deadlines(
+    session: &Session,
+    opened: Instant,
+    last_in: Instant,
+    last_out: Instant,
+) -> (Option<Instant>, Option<Instant>) {
+    let hb = session.heartbeat();
+    let read = match session.tablet() {
+        None => Some(opened + CONNECT_WITHIN),
+        Some(_) if !hb.expect_every.is_zero() => Some(last_in + hb.expect_every * 2),
+        Some(_) => None,
+    };
+    let beat = (!hb.send_every.is_zero()).then(|| last_out + hb.send_every);
+    (read, beat)
 }
 
 /// Runs one tablet's STOMP session over `transport` until either side ends it.
@@ -131,17 +158,24 @@ pub fn run<T: Transport>(
         let mut decoder: Option<Box<Decoder>> = None;
 
         let why: Close = 'conn: loop {
-            let hb = session.heartbeat();
             let tablet = session.tablet().cloned();
-            // The earliest moment something must happen without input.
-            let read_deadline = match &tablet {
-                None => Some(opened + CONNECT_WITHIN),
-                Some(_) if !hb.expect_every.is_zero() => Some(last_in + hb.expect_every * 2),
-                Some(_) => None,
+            let woke = match &tablet {
+                Some(t) => {
+                    // The earliest moment something must happen without input.
+                    let (read, beat) = deadlines(&session, opened, last_in, last_out);
+                    let timer = [read, beat].into_iter().flatten().min();
+                    next_wake(&mut transport, t, timer).await
+                }
+                None => {
+                    Box::pin(next_wake_unconnected(
+                        &mut transport,
+                        opened + CONNECT_WITHIN,
+                        &stop,
+                    ))
+                    .await
+                }
             };
-            let beat_due = (!hb.send_every.is_zero()).then(|| last_out + hb.send_every);
-            let timer = [read_deadline, beat_due].into_iter().flatten().min();
-            match next_wake(&mut transport, tablet.as_deref(), timer, &stop).await {
+            match woke {
                 Wake::Inbound(inbound) => {
                     let bytes = match inbound {
                         Inbound::Closed => break 'conn Close::Disconnected,
@@ -217,6 +251,7 @@ pub fn run<T: Transport>(
                 }
                 Wake::Timer => {
                     let now = Instant::now();
+                    let (read_deadline, beat_due) = deadlines(&session, opened, last_in, last_out);
                     if read_deadline.is_some_and(|d| now >= d) {
                         break 'conn if tablet.is_none() {
                             Close::ConnectTimeout

@@ -476,7 +476,7 @@ impl Session {
         let by = if tablet.anonymous {
             ANONYMOUS
         } else {
-            tablet.token_id.as_str()
+            &tablet.token_id[..]
         };
         for call in calls.into_iter().filter(|c| !c.is_empty()) {
             m::popup_acked();
