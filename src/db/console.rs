@@ -109,6 +109,15 @@ impl Db {
         seen: &[std::sync::Arc<str>],
     ) -> Result<()> {
         let now = instance.heartbeat_at;
+        let stamp_seen = match self {
+            Db::Sqlite(_) => {
+                "UPDATE tokens SET last_seen_at = $1 WHERE id IN (SELECT value FROM json_each($2))"
+            }
+            Db::Postgres(_) => {
+                "UPDATE tokens SET last_seen_at = $1 \
+                 WHERE id IN (SELECT jsonb_array_elements_text($2::jsonb))"
+            }
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
@@ -144,10 +153,12 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             }
-            for id in seen {
-                sqlx::query("UPDATE tokens SET last_seen_at = $1 WHERE id = $2")
+            // One statement per 5,000 tokens, the ids as a JSON list.
+            for chunk in seen.chunks(5_000) {
+                let ids: Vec<&str> = chunk.iter().map(|id| &**id).collect();
+                sqlx::query(stamp_seen)
                     .bind(now)
-                    .bind(&**id)
+                    .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
                     .execute(&mut *tx)
                     .await?;
             }
