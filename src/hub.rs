@@ -108,8 +108,8 @@ impl Subscriptions {
 }
 
 /// Messages sent and not yet acknowledged, per subscription, so an ACK can
-/// be traced to its call. Bounded: the oldest are forgotten.
-/// Boxed on first use: tablets that never ACK (the most) carry a pointer.
+/// be traced to its call. Bounded: the oldest are forgotten. Boxed on
+/// first use: tablets that never ACK (the most) carry a pointer.
 #[derive(Debug, Default)]
 pub struct AckBook {
     entries: Option<Box<Unsettled>>,
@@ -288,8 +288,7 @@ pub struct Tablet {
     pub wake: Notify,
     capacity: usize,
     /// Calls this tablet acknowledged first (the newest few): it is not
-    /// told that it took them itself.
-    /// Boxed on first use.
+    /// told that it took them itself. Boxed on first use.
     took: Mutex<Option<Box<Took>>>,
 }
 
@@ -404,16 +403,16 @@ struct Seen {
     expires_at: DateTime<Utc>,
 }
 
-/// What the hub has seen per call, pruned in amortised constant time: a
-/// sweep runs only once the map has doubled since the last one.
-#[derive(Debug)]
 /// See [`Hub::presence_changes`].
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct PresenceCounts {
     counts: HashMap<PresenceKey, i64>,
     dirty: HashSet<PresenceKey>,
 }
 
+/// What the hub has seen per call, pruned in amortised constant time: a
+/// sweep runs only once the map has doubled since the last one.
+#[derive(Debug)]
 struct SeenCalls {
     calls: HashMap<String, Seen>,
     prune_above: usize,
