@@ -84,7 +84,15 @@ async fn churn(ws: String, store: usize, token: String, until: Instant) -> Vec<S
             ended: Instant::now(),
             calls,
         });
-        let gap = rand::rng().random_range(0..400);
+        // Every other gap is shorter than the grace (the binding stays
+        // through the reconnect) or well past it (the store is unbound
+        // and bound again, with its replay), so the bindings churn on
+        // every run, however slow the machine.
+        let gap = if sessions.len() % 2 == 1 {
+            rand::rng().random_range(0..150)
+        } else {
+            rand::rng().random_range(450..600)
+        };
         tokio::time::sleep(Duration::from_millis(gap)).await;
     }
     sessions
