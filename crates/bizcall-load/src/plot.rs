@@ -91,6 +91,16 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             .get(key)?
             .as_f64()
     };
+    // The bus leg (publish header → MESSAGE written) of the one instance
+    // whose metrics a series scraped: B, which holds the tablets.
+    let leg = |name: &str, key: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
+        let json = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+        match json.get("instances")?.as_array()?.as_slice() {
+            [one] => one.get(key)?.as_f64(),
+            _ => None,
+        }
+    };
     md.push_str("\n| measure | value |\n|---|---|\n");
     let rows: Vec<(&str, Option<f64>, &str)> = vec![
         ("bizcall tablets connected", get("bizcall", "tablets"), ""),
@@ -145,6 +155,30 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
             "bizcall publishedAt → popup p99",
             get("bizcall", "published_to_popup_p99_ms"),
             "ms",
+        ),
+        (
+            "bizcall bus leg p50 (publish header → MESSAGE written, on B)",
+            leg("bizcall", "bus_leg_p50_ms"),
+            "ms",
+        ),
+        (
+            "bizcall bus leg p99",
+            leg("bizcall", "bus_leg_p99_ms"),
+            "ms",
+        ),
+        (
+            "bus leg p50 ÷ Web-STOMP publish → receipt p50",
+            leg("bizcall", "bus_leg_p50_ms")
+                .zip(get("webstomp", "p50_ms"))
+                .map(|(a, b)| a / b.max(1e-9)),
+            "×",
+        ),
+        (
+            "bus leg p99 ÷ Web-STOMP publish → receipt p99",
+            leg("bizcall", "bus_leg_p99_ms")
+                .zip(get("webstomp", "p99_ms"))
+                .map(|(a, b)| a / b.max(1e-9)),
+            "×",
         ),
         (
             "Web-STOMP subscribed connections",
