@@ -25,8 +25,17 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) common: Common,
     /// Base URL(s) CDRs are posted to (instance A…).
-    #[arg(long = "post-to", required = true)]
+    #[arg(long = "post-to", required_unless_present = "publish_to")]
     pub(crate) post_to: Vec<String>,
+    /// Instead of posting CDRs, publish each call event (with confirms) to
+    /// this exchange, the instances' `amqp.exchange`, with the store as
+    /// routing key: the bus leg timed at the tablet, publish → receipt, as
+    /// the `webstomp` scenario times Web-STOMP.
+    #[arg(long = "publish-to", conflicts_with = "post_to")]
+    pub(crate) publish_to: Option<String>,
+    /// The broker `--publish-to` publishes on.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub(crate) amqp: String,
     /// URL(s) tablets connect to (instance B…): `ws://…/ws` for `/ws`, the
     /// SockJS base (`http://…/ws/v1/offline-store-pad`) for SockJS.
     #[arg(long = "tablets-at", required = true)]

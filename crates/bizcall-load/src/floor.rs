@@ -102,6 +102,7 @@ pub(crate) async fn amqp(a: AmqpArgs) -> anyhow::Result<()> {
             let send = confirmed_publish(
                 publisher.clone(),
                 exchange.clone(),
+                String::new(),
                 payload,
                 props,
                 errors.clone(),

@@ -50,6 +50,7 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
     for name in [
         "floor",
         "bizcall",
+        "busleg",
         "sockjs-websocket",
         "sockjs-xhr-streaming",
         "webstomp",
@@ -179,6 +180,25 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
                 .zip(get("webstomp", "p99_ms"))
                 .map(|(a, b)| a / b.max(1e-9)),
             "×",
+        ),
+        (
+            "bizcall publish → popup at the tablet p50 ÷ Web-STOMP publish → receipt p50",
+            get("busleg", "p50_ms")
+                .zip(get("webstomp", "p50_ms"))
+                .map(|(a, b)| a / b.max(1e-9)),
+            "×",
+        ),
+        (
+            "bizcall publish → popup at the tablet p99 ÷ Web-STOMP publish → receipt p99",
+            get("busleg", "p99_ms")
+                .zip(get("webstomp", "p99_ms"))
+                .map(|(a, b)| a / b.max(1e-9)),
+            "×",
+        ),
+        (
+            "bizcall publish → popup at the tablet: tablets connected",
+            get("busleg", "tablets"),
+            "",
         ),
         (
             "Web-STOMP subscribed connections",

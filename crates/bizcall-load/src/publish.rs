@@ -25,11 +25,22 @@ pub(crate) fn event(call_id: &str, store: &str) -> CallEvent {
     }
 }
 
-/// Publishes one message and waits for its confirm, counting a failure or
-/// a nack in `errors` (the paced loop spawns it).
+/// A channel on its own connection to `url`, in confirm mode.
+pub(crate) async fn confirming_channel(url: &str) -> anyhow::Result<lapin::Channel> {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Publishes one message with routing key `key` and waits for its confirm,
+/// counting a failure or a nack in `errors` (the paced loop spawns it).
 pub(crate) async fn confirmed_publish(
     publisher: Arc<lapin::Channel>,
     exchange: String,
+    key: String,
     payload: String,
     props: lapin::BasicProperties,
     errors: Arc<AtomicU64>,
@@ -39,7 +50,7 @@ pub(crate) async fn confirmed_publish(
             publisher
                 .basic_publish(
                     exchange.as_str().into(),
-                    "".into(),
+                    key.as_str().into(),
                     lapin::options::BasicPublishOptions::default(),
                     payload.as_bytes(),
                     props,

@@ -1,6 +1,8 @@
 //! `run`: bizcall end to end, webhook on some instances, tablets on others.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::report::{self, Series};
 use crate::scrape;
 use anyhow::Context;
+use bizcall::bus::amqp::{message_properties, PUBLISHED_US};
 use bizcall::db::Db;
 use chrono::Utc;
 
@@ -98,6 +101,10 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     }));
     let watch = CpuWatch::start(&watched);
     let mut tally = Tally::new();
+    let publisher = match &a.publish_to {
+        Some(_) => Some(Arc::new(confirming_channel(&a.amqp).await?)),
+        None => None,
+    };
     let stamp = (Utc::now() + chrono::Duration::hours(9))
         .format("%Y%m%d%H%M%S")
         .to_string();
@@ -112,6 +119,31 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
         |n| {
             let store = (n as usize) % a.stores;
             let seq = format!("ld{run_id}{n}");
+            if let (Some(exchange), Some(publisher)) = (&a.publish_to, &publisher) {
+                let slug = format!("load-{run_id}-{store}");
+                let mut call = event(&seq, &slug);
+                call.virtual_number = Some(stores[store].clone());
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert(
+                    PUBLISHED_US.into(),
+                    lapin::types::AMQPValue::LongLongInt(Utc::now().timestamp_micros()),
+                );
+                let props = message_properties(&seq, call.published_at, Duration::from_secs(30))
+                    .with_headers(headers);
+                let send: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(confirmed_publish(
+                    publisher.clone(),
+                    exchange.clone(),
+                    slug,
+                    call.to_json(),
+                    props,
+                    errors.clone(),
+                ));
+                return Item {
+                    id: seq,
+                    expect: tablets_per_store[store] as u64,
+                    send,
+                };
+            }
             let url = format!(
                 "{}/bizcall/cdr",
                 a.post_to[n as usize % a.post_to.len()].trim_end_matches('/')
@@ -124,7 +156,7 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
                 stamp.clone(),
                 seq.clone(),
             );
-            let send = async move {
+            let send: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
                 let form = [
                     ("seq", seq.as_str()),
                     ("sdt", stamp.as_str()),
@@ -142,7 +174,7 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-            };
+            });
             Item {
                 id,
                 expect: tablets_per_store[store] as u64,
@@ -179,6 +211,9 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let series = Series {
         name: match a.transport {
+            Transport::Ws if a.publish_to.is_some() => {
+                "bizcall publish→popup (bus leg at the tablet)".into()
+            }
             Transport::Ws => "bizcall webhook→popup".into(),
             Transport::SockjsWebsocket => "bizcall webhook→popup, SockJS websocket".into(),
             Transport::SockjsXhrStreaming => "bizcall webhook→popup, SockJS xhr-streaming".into(),

@@ -84,6 +84,7 @@ pub(crate) async fn webstomp(a: WebstompArgs) -> anyhow::Result<()> {
             let send = confirmed_publish(
                 publisher.clone(),
                 format!("{prefix}-{store}"),
+                String::new(),
                 payload,
                 props,
                 errors.clone(),
