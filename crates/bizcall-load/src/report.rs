@@ -97,7 +97,9 @@ pub fn svg(series: &[Series], path: &Path) -> std::io::Result<()> {
     const H: f64 = 500.0;
     const L: f64 = 70.0;
     const B: f64 = 60.0;
-    let colours = ["#0b6bcb", "#c62828", "#1a7f37", "#b35900", "#6a1b9a"];
+    let colours = [
+        "#0b6bcb", "#c62828", "#1a7f37", "#b35900", "#6a1b9a", "#00838f", "#5d4037", "#757575",
+    ];
     let quantiles: Vec<f64> = (0..=400)
         .map(|i| 1.0 - 10f64.powf(-(i as f64) / 100.0))
         .collect();
