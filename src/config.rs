@@ -77,6 +77,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Calls older than this many days are deleted by the retention job.
     pub retention_days: u32,
+    /// At most this many connections in the instance's PostgreSQL pool
+    /// (two background writers have one each besides). SQLite ignores it.
+    pub pool_size: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -84,6 +87,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "sqlite://bizcall.db".into(),
             retention_days: 90,
+            pool_size: crate::db::PG_POOL_SIZE,
         }
     }
 }
@@ -519,6 +523,9 @@ impl Config {
         if self.server.max_connections == Some(0) {
             return bad("server.max_connections", "must be at least 1");
         }
+        if self.database.pool_size < 2 {
+            return bad("database.pool_size", "must be at least 2");
+        }
         if self.webhook.max_connections == 0 {
             return bad("webhook.max_connections", "must be at least 1");
         }
@@ -899,6 +906,33 @@ mod tests {
             assert!(err.contains("amqp.retry_max_attempts"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn pool_size_defaults_and_bounds() {
+        assert_eq!(Config::default().database.pool_size, 16);
+        for (given, ok) in [
+            ("0", false),
+            ("1", false),
+            ("2", true),
+            ("-3", false),
+            ("x", false),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("BIZCALL_DATABASE__POOL_SIZE", given);
+                match Config::load(None) {
+                    Ok(c) => {
+                        assert!(ok, "{given} accepted");
+                        assert_eq!(c.database.pool_size.to_string(), given);
+                    }
+                    Err(e) => {
+                        assert!(!ok, "{given} refused: {e}");
+                        assert!(e.to_string().contains("database.pool_size"), "{e}");
+                    }
+                }
+                Ok(())
+            });
+        }
     }
 
     #[test]

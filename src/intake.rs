@@ -34,7 +34,7 @@ async fn store(app: &App, cdr: &Cdr) -> Result<Upsert, DbError> {
     let mut tries = 1;
     loop {
         match app.db.upsert_call(cdr).await {
-            Err(e) if e.is_dead_connection() && tries <= crate::db::PG_POOL_SIZE => {
+            Err(e) if e.is_dead_connection() && tries <= app.db.pool_size() => {
                 tracing::debug!(seq = %cdr.seq, error = %e, "dead database connection: trying another");
                 tries += 1;
             }

@@ -127,7 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     );
     let config = Arc::new(config);
-    let db = Db::connect(&config.database.url).await?;
+    let db = Db::connect_sized(&config.database.url, config.database.pool_size).await?;
     db.migrate().await?;
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();

@@ -27,7 +27,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// How long a request waits for a database connection before it is answered
 /// `503` (the provider then retries).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections to PostgreSQL per instance.
+/// Connections to PostgreSQL per instance, unless `database.pool_size`
+/// says otherwise.
 pub const PG_POOL_SIZE: u32 = 16;
 
 /// A connection pool to one of the two supported databases.
@@ -269,6 +270,12 @@ const CALL_COLUMNS: &str = "seq, store, status, started_at, answered_at, ended_a
 impl Db {
     /// Opens a pool for `url` (`sqlite:` creates the file when missing).
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_sized(url, PG_POOL_SIZE).await
+    }
+
+    /// Opens a pool for `url` holding at most `pool_size` connections on
+    /// PostgreSQL (SQLite's pool stays at 8: one file, one writer).
+    pub async fn connect_sized(url: &str, pool_size: u32) -> Result<Self> {
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?;
             create_private(opts.get_filename())?;
@@ -316,7 +323,7 @@ impl Db {
                 }
             }
             let pool = PgPoolOptions::new()
-                .max_connections(PG_POOL_SIZE)
+                .max_connections(pool_size.max(1))
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 // No ping before each query: it doubled the round trips of
                 // every CDR. A connection that died is found by the query
@@ -373,6 +380,11 @@ impl Db {
 
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
+    }
+
+    /// The most connections the pool opens.
+    pub fn pool_size(&self) -> u32 {
+        on_pool!(self, pool => pool.options().get_max_connections())
     }
 
     /// Whether the database answers a trivial query.
