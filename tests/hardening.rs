@@ -303,17 +303,25 @@ async fn failed_sign_ins_are_logged_counted_and_refused() {
     assert_eq!(api, 44.0, "3 failures, 41 refusals");
     assert_eq!(stomp, 4.0, "3 failures, 1 refusal");
 
-    let log = server.log_text();
-    assert!(!log.contains(GUESS), "a token in the log");
-    assert!(!log.contains(&token), "a token in the log");
-    let lines = |client: &str| {
+    let lines = |log: &str, client: &str| {
         log.lines()
             .filter(|l| l.contains("WARN") && l.contains("sign-in") && l.contains(client))
             .count()
     };
+    // The instance writes its log on its own thread, after the counters
+    // move: wait for the last line, then a moment for any that would follow.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lines(&server.log_text(), "client=127.0.0.1") < 2 && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.log_text();
+    assert!(!log.contains(GUESS), "a token in the log");
+    assert!(!log.contains(&token), "a token in the log");
     // The first failure and the refusal: not one line per attempt.
-    assert_eq!(lines("client=127.0.0.3"), 2, "{log}");
-    assert_eq!(lines("client=127.0.0.1"), 2, "{log}");
+    assert_eq!(lines(&log, "client=127.0.0.3"), 2, "{log}");
+    assert_eq!(lines(&log, "client=127.0.0.1"), 2, "{log}");
 }
 
 /// The SQLite file holds callers' numbers: it and its `-wal` and `-shm`
