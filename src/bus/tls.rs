@@ -182,6 +182,23 @@ pub fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
 pub fn explain(err: &io::Error, session: &Session) -> Option<String> {
     let asked = session.asked_for_certificate.load(Ordering::SeqCst);
     let name = &session.server_name;
+    // TLS 1.3 refuses a missing client certificate after the handshake;
+    // when our first AMQP bytes are still unread there, the broker's close
+    // reaches us as a reset and its alert is lost. Having been asked for a
+    // certificate and sent none, that reset is the same refusal.
+    if tls_error(err).is_none()
+        && asked
+        && !session.has_identity
+        && matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
+    {
+        return Some("the broker requires a client certificate (it asked for one, then closed the connection): set amqp.tls.cert_file and amqp.tls.key_file".into());
+    }
     let e = tls_error(err)?;
     Some(match e {
         rustls::Error::InvalidCertificate(cert) => match cert {
@@ -215,4 +232,41 @@ fn is_client_cert_alert(alert: AlertDescription) -> bool {
             | AlertDescription::CertificateUnknown
             | AlertDescription::AccessDenied
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        let config = AmqpConfig {
+            url: "amqps://guest:guest@localhost:5671/%2f".into(),
+            ..AmqpConfig::default()
+        };
+        let tls = Tls::load(&config)
+            .unwrap()
+            .expect("TLS for an amqps:// node");
+        tls.session("localhost").unwrap()
+    }
+
+    #[test]
+    fn a_reset_after_a_certificate_request_is_the_missing_certificate() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let s = session();
+        // Not asked: a reset is the network's or the broker's, retried.
+        assert_eq!(explain(&reset, &s), None);
+        s.asked_for_certificate.store(true, Ordering::SeqCst);
+        let why = explain(&reset, &s).expect("explained");
+        assert!(
+            why.starts_with("the broker requires a client certificate"),
+            "{why}"
+        );
+        assert!(
+            why.ends_with("set amqp.tls.cert_file and amqp.tls.key_file"),
+            "{why}"
+        );
+        // Other I/O failures after the request stay unexplained (retried).
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(explain(&refused, &s), None);
+    }
 }
