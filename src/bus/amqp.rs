@@ -300,12 +300,50 @@ pub(crate) async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), L
 }
 
 /// Opens a connection to one node: TCP, TLS for `amqps://` (amqp.tls),
-/// then AMQP's handshake, all within `CONNECT_TIMEOUT`.
+/// then AMQP's handshake, all within `CONNECT_TIMEOUT`. A connection
+/// closed right after the broker asked for a client certificate we do not
+/// have is tried once more: twice in a row, it is the broker refusing it
+/// (a setting to change, so the start stops); once, the broker going away.
 pub(crate) async fn open_node(
     node: &str,
     config: &AmqpConfig,
     tls: Option<&Arc<Tls>>,
 ) -> Result<Connection, LinkError> {
+    match open_node_once(node, config, tls).await {
+        Err(Attempt::ResetAfterCertificateRequest(_)) => {
+            match open_node_once(node, config, tls).await {
+                Ok(conn) => Ok(conn),
+                Err(Attempt::Failed(e)) => Err(e),
+                Err(Attempt::ResetAfterCertificateRequest(broker)) => Err(LinkError::Tls {
+                    broker,
+                    detail: tls::RESET_AFTER_CERTIFICATE_REQUEST.into(),
+                }),
+            }
+        }
+        Err(Attempt::Failed(e)) => Err(e),
+        Ok(conn) => Ok(conn),
+    }
+}
+
+/// How one connection attempt failed.
+enum Attempt {
+    Failed(LinkError),
+    /// Closed after the broker asked for a client certificate we do not
+    /// have (the broker's address).
+    ResetAfterCertificateRequest(String),
+}
+
+impl From<LinkError> for Attempt {
+    fn from(e: LinkError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+async fn open_node_once(
+    node: &str,
+    config: &AmqpConfig,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Connection, Attempt> {
     let broker = broker_address(node);
     let uri: AMQPUri = node.parse().map_err(|e: String| LinkError::Refused {
         broker: broker.clone(),
@@ -358,26 +396,30 @@ pub(crate) async fn open_node(
     let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
     let recorded = tls_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(detail) = recorded {
-        return Err(LinkError::Tls { broker, detail });
+        return Err(LinkError::Tls { broker, detail }.into());
     }
     let err = match result {
         Ok(Ok(conn)) => return Ok(conn),
         Ok(Err(e)) => e,
         Err(_) => {
             if session.is_none() && speaks_tls(&host, port, tls).await {
-                return Err(expects_tls(broker));
+                return Err(expects_tls(broker).into());
             }
             return Err(LinkError::Unreachable {
                 broker,
                 detail: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
-            });
+            }
+            .into());
         }
     };
     // TLS trouble that shows only after the handshake: a TLS 1.3 broker
     // refuses a missing client certificate with its first record.
     if let (Some(s), lapin::ErrorKind::IOError(io)) = (&session, err.kind()) {
         if let Some(detail) = tls::explain(io, s) {
-            return Err(LinkError::Tls { broker, detail });
+            return Err(LinkError::Tls { broker, detail }.into());
+        }
+        if tls::reset_after_certificate_request(io, s) {
+            return Err(Attempt::ResetAfterCertificateRequest(broker));
         }
     }
     let classified = classify(&err, config, node);
@@ -385,9 +427,9 @@ pub(crate) async fn open_node(
         && matches!(classified, LinkError::Unreachable { .. })
         && speaks_tls(&host, port, tls).await
     {
-        return Err(expects_tls(broker));
+        return Err(expects_tls(broker).into());
     }
-    Err(classified)
+    Err(classified.into())
 }
 
 /// A refusal of rights (ACCESS_REFUSED): no retry fixes it.

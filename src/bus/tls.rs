@@ -182,23 +182,6 @@ pub fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
 pub fn explain(err: &io::Error, session: &Session) -> Option<String> {
     let asked = session.asked_for_certificate.load(Ordering::SeqCst);
     let name = &session.server_name;
-    // TLS 1.3 refuses a missing client certificate after the handshake;
-    // when our first AMQP bytes are still unread there, the broker's close
-    // reaches us as a reset and its alert is lost. Having been asked for a
-    // certificate and sent none, that reset is the same refusal.
-    if tls_error(err).is_none()
-        && asked
-        && !session.has_identity
-        && matches!(
-            err.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-        )
-    {
-        return Some("the broker requires a client certificate (it asked for one, then closed the connection): set amqp.tls.cert_file and amqp.tls.key_file".into());
-    }
     let e = tls_error(err)?;
     Some(match e {
         rustls::Error::InvalidCertificate(cert) => match cert {
@@ -220,6 +203,29 @@ pub fn explain(err: &io::Error, session: &Session) -> Option<String> {
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. } => "it does not speak TLS on this port: use amqp:// for a plain port, or the broker's TLS port (usually 5671) with amqps://".into(),
         other => format!("TLS failed: {other}"),
     })
+}
+
+/// What a connection closed after the broker asked for a client
+/// certificate and got none most likely means.
+pub const RESET_AFTER_CERTIFICATE_REQUEST: &str = "the broker requires a client certificate (it asked for one, then closed the connection): set amqp.tls.cert_file and amqp.tls.key_file";
+
+/// Whether `err` is the connection closing after the broker asked for a
+/// client certificate that we did not have. TLS 1.3 refuses a missing
+/// certificate after the handshake; when our first AMQP bytes are still
+/// unread there, the broker's close reaches us as a reset and its alert is
+/// lost. A broker that only may ask for one and goes away at that moment
+/// looks the same, so the caller tries once more before believing it.
+pub fn reset_after_certificate_request(err: &io::Error, session: &Session) -> bool {
+    tls_error(err).is_none()
+        && session.asked_for_certificate.load(Ordering::SeqCst)
+        && !session.has_identity
+        && matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
 }
 
 fn is_client_cert_alert(alert: AlertDescription) -> bool {
@@ -250,13 +256,24 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_after_a_certificate_request_is_the_missing_certificate() {
+    fn a_reset_after_a_certificate_request_may_be_the_missing_certificate() {
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-        let s = session();
-        // Not asked: a reset is the network's or the broker's, retried.
-        assert_eq!(explain(&reset, &s), None);
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        let mut s = session();
+        // Not asked: a reset is the network's or the broker's.
+        assert!(!reset_after_certificate_request(&reset, &s));
         s.asked_for_certificate.store(true, Ordering::SeqCst);
-        let why = explain(&reset, &s).expect("explained");
+        assert!(reset_after_certificate_request(&reset, &s));
+        assert!(reset_after_certificate_request(&eof, &s));
+        // Other failures after the request are not it.
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(!reset_after_certificate_request(&refused, &s));
+        // With a certificate offered, a reset is not about a missing one.
+        s.has_identity = true;
+        assert!(!reset_after_certificate_request(&reset, &s));
+        // None of these is a TLS error to explain on its own.
+        assert_eq!(explain(&reset, &s), None);
+        let why = RESET_AFTER_CERTIFICATE_REQUEST;
         assert!(
             why.starts_with("the broker requires a client certificate"),
             "{why}"
@@ -265,8 +282,5 @@ mod tests {
             why.ends_with("set amqp.tls.cert_file and amqp.tls.key_file"),
             "{why}"
         );
-        // Other I/O failures after the request stay unexplained (retried).
-        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(explain(&refused, &s), None);
     }
 }
