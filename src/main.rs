@@ -259,7 +259,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 }
 
 async fn open(config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(&config.database.url).await?;
+    let db = Db::connect_sized(&config.database.url, config.database.pool_size).await?;
     db.migrate().await?;
     Ok(db)
 }

@@ -28,9 +28,11 @@ pub(crate) struct RunArgs {
     #[arg(long = "post-to", required_unless_present = "publish_to")]
     pub(crate) post_to: Vec<String>,
     /// Instead of posting CDRs, publish each call event (with confirms) to
-    /// this exchange, the instances' `amqp.exchange`, with the store as
-    /// routing key: the bus leg timed at the tablet, publish → receipt, as
-    /// the `webstomp` scenario times Web-STOMP.
+    /// this exchange, the one the instances publish to (`amqp.exchange` with
+    /// fanout routing, `amqp.routed_exchange` with store routing), with the
+    /// store as routing key: the bus leg timed at the tablet, publish →
+    /// receipt, as the `webstomp` scenario times Web-STOMP. `/ws` tablets
+    /// only.
     #[arg(long = "publish-to", conflicts_with = "post_to")]
     pub(crate) publish_to: Option<String>,
     /// The broker `--publish-to` publishes on.

@@ -20,6 +20,32 @@ use tokio::sync::mpsc;
 use crate::*;
 
 pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
+    if a.publish_to.is_some() && a.transport != Transport::Ws {
+        anyhow::bail!("--publish-to times the bus leg for /ws tablets: leave --transport at ws");
+    }
+    let publisher = match &a.publish_to {
+        Some(exchange) => {
+            let channel = confirming_channel(&a.amqp).await?;
+            // A missing exchange would close the channel on the first
+            // publish and fail every later one: say so once, here.
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    lapin::ExchangeKind::Fanout,
+                    lapin::options::ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .with_context(|| {
+                    format!("--publish-to {exchange}: no such exchange on the broker")
+                })?;
+            Some(Arc::new(channel))
+        }
+        None => None,
+    };
     let run_id = format!("{:04x}", rand::random::<u16>());
     let db = Db::connect(&a.db).await.context("database")?;
     db.migrate().await?;
@@ -101,10 +127,6 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     }));
     let watch = CpuWatch::start(&watched);
     let mut tally = Tally::new();
-    let publisher = match &a.publish_to {
-        Some(_) => Some(Arc::new(confirming_channel(&a.amqp).await?)),
-        None => None,
-    };
     let stamp = (Utc::now() + chrono::Duration::hours(9))
         .format("%Y%m%d%H%M%S")
         .to_string();
