@@ -247,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let busy = || {
             served.hub.counts().0 > 0
                 || served.sockjs.undelivered() > 0
+                || served.sockjs.running() > 0
                 || limits.requests() > 0
                 || webhook.as_ref().is_some_and(|(_, l)| l.requests() > 0)
         };

@@ -83,6 +83,16 @@ impl Registry {
             .count()
     }
 
+    /// Sessions whose STOMP side has not finished. A stopping instance
+    /// waits for these too: a tablet leaves the hub just before its ERROR
+    /// is queued, and in between neither count above would hold it.
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.state().closed.is_none())
+            .count()
+    }
+
     /// The session `id`, or a new one whose STOMP connection starts now.
     /// The bool says whether it is new.
     pub fn open(
