@@ -1198,7 +1198,8 @@ impl AmqpBus {
 /// the bus leg's histogram (`bizcall_bus_transit_seconds`).
 pub const PUBLISHED_US: &str = "x-bizcall-published-us";
 
-fn publish_time_header() -> FieldTable {
+/// The headers of a message handed to the broker now: the publish time.
+pub fn publish_time_header() -> FieldTable {
     let mut headers = FieldTable::default();
     headers.insert(
         PUBLISHED_US.into(),

@@ -85,23 +85,20 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
         ));
         series.push((s, json));
     }
-    let get = |name: &str, key: &str| -> Option<f64> {
+    let json = |name: &str| -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text)
-            .ok()?
-            .get(key)?
-            .as_f64()
+        serde_json::from_str(&text).ok()
     };
+    let get = |name: &str, key: &str| -> Option<f64> { json(name)?.get(key)?.as_f64() };
     // The bus leg (publish header → MESSAGE written) of the one instance
     // whose metrics a series scraped: B, which holds the tablets.
     let leg = |name: &str, key: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
-        let json = serde_json::from_str::<serde_json::Value>(&text).ok()?;
-        match json.get("instances")?.as_array()?.as_slice() {
+        match json(name)?.get("instances")?.as_array()?.as_slice() {
             [one] => one.get(key)?.as_f64(),
             _ => None,
         }
     };
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
     md.push_str("\n| measure | value |\n|---|---|\n");
     let rows: Vec<(&str, Option<f64>, &str)> = vec![
         ("bizcall tablets connected", get("bizcall", "tablets"), ""),
@@ -179,30 +176,22 @@ pub(crate) fn plot(dir: &std::path::Path) -> anyhow::Result<()> {
         ),
         (
             "bus leg at the server (B, `bizcall` series) p50 ÷ Web-STOMP publish → receipt at the client p50",
-            leg("bizcall", "bus_leg_p50_ms")
-                .zip(get("webstomp", "p50_ms"))
-                .map(|(a, b)| a / b.max(1e-9)),
+            ratio(leg("bizcall", "bus_leg_p50_ms"), get("webstomp", "p50_ms")),
             "×",
         ),
         (
             "bus leg at the server (B, `bizcall` series) p99 ÷ Web-STOMP publish → receipt at the client p99",
-            leg("bizcall", "bus_leg_p99_ms")
-                .zip(get("webstomp", "p99_ms"))
-                .map(|(a, b)| a / b.max(1e-9)),
+            ratio(leg("bizcall", "bus_leg_p99_ms"), get("webstomp", "p99_ms")),
             "×",
         ),
         (
             "bizcall publish → popup at the tablet (`busleg`) p50 ÷ Web-STOMP publish → receipt p50",
-            get("busleg", "p50_ms")
-                .zip(get("webstomp", "p50_ms"))
-                .map(|(a, b)| a / b.max(1e-9)),
+            ratio(get("busleg", "p50_ms"), get("webstomp", "p50_ms")),
             "×",
         ),
         (
             "bizcall publish → popup at the tablet (`busleg`) p99 ÷ Web-STOMP publish → receipt p99",
-            get("busleg", "p99_ms")
-                .zip(get("webstomp", "p99_ms"))
-                .map(|(a, b)| a / b.max(1e-9)),
+            ratio(get("busleg", "p99_ms"), get("webstomp", "p99_ms")),
             "×",
         ),
         (

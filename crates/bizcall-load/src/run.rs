@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::report::{self, Series};
 use crate::scrape;
 use anyhow::Context;
-use bizcall::bus::amqp::{message_properties, PUBLISHED_US};
+use bizcall::bus::amqp::{message_properties, publish_time_header};
 use bizcall::db::Db;
 use chrono::Utc;
 
@@ -51,7 +51,9 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
     db.migrate().await?;
     let per_store = a.tablets.div_ceil(a.stores);
     let bar = progress(a.tablets as u64, "registering");
+    // Each store's virtual number and slug, by index.
     let mut stores = Vec::new();
+    let mut slugs = Vec::new();
     let mut logins = Vec::new();
     let mut tablets_per_store = Vec::with_capacity(a.stores);
     for s in 0..a.stores {
@@ -85,6 +87,7 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         tablets_per_store.push(here);
         stores.push(number);
+        slugs.push(slug);
     }
     bar.finish();
 
@@ -142,16 +145,11 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             let store = (n as usize) % a.stores;
             let seq = format!("ld{run_id}{n}");
             if let (Some(exchange), Some(publisher)) = (&a.publish_to, &publisher) {
-                let slug = format!("load-{run_id}-{store}");
+                let slug = slugs[store].clone();
                 let mut call = event(&seq, &slug);
                 call.virtual_number = Some(stores[store].clone());
-                let mut headers = lapin::types::FieldTable::default();
-                headers.insert(
-                    PUBLISHED_US.into(),
-                    lapin::types::AMQPValue::LongLongInt(Utc::now().timestamp_micros()),
-                );
                 let props = message_properties(&seq, call.published_at, Duration::from_secs(30))
-                    .with_headers(headers);
+                    .with_headers(publish_time_header());
                 let send: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(confirmed_publish(
                     publisher.clone(),
                     exchange.clone(),
