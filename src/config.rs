@@ -53,6 +53,14 @@ pub struct ServerConfig {
     /// Time a kept-alive HTTP connection may wait for its next request.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// Time a client has to send a request's whole body once its headers
+    /// are in; a slower body is refused with 408 (a trickle cannot hold a
+    /// connection slot).
+    #[serde(with = "duration_str")]
+    pub body_timeout: Duration,
+    /// IPv6 clients share every per-address cap and count by this prefix
+    /// (64: one subscriber's block); IPv4 clients count per address.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +74,8 @@ impl Default for ServerConfig {
             max_pending_per_address: 256,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -101,6 +111,10 @@ pub struct WebhookConfig {
     pub key: String,
     /// Peers allowed to call the webhook; empty means any.
     pub allow_from: Vec<IpNet>,
+    /// Says the operator means a webhook with neither `key` nor
+    /// `allow_from`: without it such an instance warns at start, and with
+    /// `bus.kind = "amqp"` (a production shape) refuses to start.
+    pub open: bool,
     /// A second listener serving only the webhook and the health checks,
     /// with its own connection cap, so that a flood of connections on
     /// `server.listen` cannot keep the provider out. Unset: none.
@@ -115,6 +129,7 @@ impl Default for WebhookConfig {
             path: "/bizcall/cdr".into(),
             key: String::new(),
             allow_from: Vec::new(),
+            open: false,
             listen: None,
             max_connections: 256,
         }
@@ -327,6 +342,12 @@ pub struct StompConfig {
     pub outbound_queue: usize,
     /// Browser `Origin`s allowed on `/ws` and SockJS; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Connected tablets one token may have on this instance at once; one
+    /// more is refused. 0: no cap.
+    pub max_connections_per_token: usize,
+    /// Connected tablets one client address (IPv6: one
+    /// `server.ipv6_prefix` block) may have on this instance. 0: no cap.
+    pub max_connections_per_address: usize,
 }
 
 impl StompConfig {
@@ -358,6 +379,8 @@ impl Default for StompConfig {
             max_frame: 65536,
             outbound_queue: 256,
             allowed_origins: Vec::new(),
+            max_connections_per_token: 8,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -411,6 +434,28 @@ pub struct LogConfig {
 pub struct ConfigError(String);
 
 impl Config {
+    /// Whether anybody may post CDRs: neither `webhook.key` nor
+    /// `webhook.allow_from` is set.
+    pub fn webhook_is_open(&self) -> bool {
+        self.webhook.key.is_empty() && self.webhook.allow_from.is_empty()
+    }
+
+    /// An instance on RabbitMQ (a production shape) does not start with a
+    /// webhook open to anybody unless `webhook.open = true` says so: anyone
+    /// could pre-send a provider's next `seq` with wrong numbers, so that
+    /// the real CDR gets 409.
+    pub fn check_webhook_exposure(&self) -> Result<(), ConfigError> {
+        if self.bus.kind == BusKind::Amqp && self.webhook_is_open() && !self.webhook.open {
+            return Err(ConfigError(
+                "webhook: open to anybody (no webhook.key, no webhook.allow_from) with bus.kind = \"amqp\": \
+                 set webhook.key (the provider sends it as ?key= or X-Bizcall-Key) or webhook.allow_from \
+                 (the provider's addresses), or webhook.open = true if anybody may post CDRs on purpose"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Loads defaults, then the file (the given one, which must exist, or
     /// `bizcall.toml` when present), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -513,6 +558,12 @@ impl Config {
         }
         if self.stomp.max_frame < 1024 {
             return bad("stomp.max_frame", "must be at least 1024 bytes");
+        }
+        if self.server.body_timeout.is_zero() {
+            return bad("server.body_timeout", "must be more than zero");
+        }
+        if self.server.ipv6_prefix > 128 {
+            return bad("server.ipv6_prefix", "must be at most 128");
         }
         if self.server.header_timeout.is_zero() {
             return bad("server.header_timeout", "must be more than zero");
@@ -729,7 +780,8 @@ mod tests {
                 Some(rest)
                     if !rest.ends_with(UNSET)
                         && rest.split_once(" = ").is_some_and(|(k, _)| {
-                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                            k.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                         }) =>
                 {
                     rest

@@ -22,6 +22,7 @@
 //! - [`store_import`]: `bizcall store import`, the old service's stores from CSV.
 //! - [`simulate`]: sends a provider-shaped CDR to a running server.
 //! - [`metrics`]: every metric's name and meaning.
+//! - [`log_budget`]: a rate limit for log lines strangers can cause.
 
 pub mod auth;
 pub mod bus;
@@ -32,6 +33,7 @@ pub mod db;
 pub mod http;
 pub mod hub;
 pub mod intake;
+pub mod log_budget;
 pub mod metrics;
 pub mod presence;
 pub mod server;

@@ -149,6 +149,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(matches!(cli.command, Command::Serve), config.log.format);
+    if matches!(cli.command, Command::Serve) {
+        bizcall::log_budget::log_panics();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -121,6 +121,10 @@ fn describe() {
     );
     describe_counter!("bizcall_calls_deleted_total", "calls deleted by retention");
     describe_counter!(
+        "bizcall_panics_total",
+        "panics caught in a connection or request task (a bug; each ended only its own task)"
+    );
+    describe_counter!(
         "bizcall_catch_up_changes_total",
         "changes replayed from the database after a bus gap"
     );
@@ -204,6 +208,7 @@ fn register() {
         "bizcall_catch_up_changes_total",
         "bizcall_catch_up_cut_total",
         "bizcall_connections_timed_out_total",
+        "bizcall_panics_total",
     ] {
         counter!(name).increment(0);
     }
@@ -215,6 +220,9 @@ fn register() {
     sockjs_sessions(0);
 }
 
+pub fn panicked() {
+    counter!("bizcall_panics_total").increment(1);
+}
 pub fn cdr_received(result: &'static str) {
     counter!("bizcall_cdr_received_total", "result" => result).increment(1);
 }

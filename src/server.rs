@@ -58,6 +58,13 @@ pub struct App {
     pub sockjs: Arc<crate::sockjs::session::Registry>,
 }
 
+impl App {
+    /// How client addresses are grouped for per-address caps.
+    pub fn address_group(&self) -> crate::http::client_ip::AddressGroup {
+        crate::http::client_ip::AddressGroup::new(self.config.server.ipv6_prefix)
+    }
+}
+
 /// A running instance.
 pub struct Server {
     pub addr: SocketAddr,
@@ -105,10 +112,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if open_files.is_none() {
         tracing::warn!("could not read or raise the open-file limit");
     }
+    config.check_webhook_exposure()?;
+    if config.webhook_is_open() {
+        tracing::warn!(
+            "the webhook {} is open to anybody (no webhook.key, no webhook.allow_from){}: anyone who can reach it can store calls; set one of them",
+            config.webhook.path,
+            if config.webhook.open { ", as webhook.open = true says" } else { "" }
+        );
+    }
     if config.compat.anonymous {
         tracing::warn!(
             origins = ?config.stomp.allowed_origins,
-            "compat.anonymous is on: browsers on stomp.allowed_origins may connect without a token and follow ANY store's calls on /ws/v1/topic/call-store/<slug>; give those tablets tokens and turn it off"
+            "compat.anonymous is on: browsers on stomp.allowed_origins may connect without a token and follow the calls (read-only) of stores opted in for anonymous tablets; give those tablets tokens and turn it off"
         );
     }
     let max_connections = config
@@ -162,7 +177,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shutdown: shutdown.clone(),
         identity: identity.clone(),
         trail,
-        sockjs: Arc::default(),
+        sockjs: Arc::new(crate::sockjs::session::Registry::new(
+            crate::http::client_ip::AddressGroup::new(config.server.ipv6_prefix),
+        )),
     };
 
     let webhook_listener = match config.webhook.listen {

@@ -97,7 +97,7 @@ fn mount(
     // Tablets' sessions are the instance's, which waits for them on stop.
     let sessions = match service {
         Service::Stomp => app.sockjs.clone(),
-        _ => Arc::new(Registry::default()),
+        _ => Arc::new(Registry::new(app.address_group())),
     };
     let state = SockJs {
         app,

@@ -44,9 +44,56 @@ pub const MAX_SESSIONS: usize = 100_000;
 const RECEIVER_GRACE: Duration = Duration::from_millis(250);
 
 /// Every live HTTP-transport session of this instance.
-#[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<String, Arc<XhrSession>>>,
+    sessions: Mutex<Sessions>,
+    /// How client addresses are grouped for the per-address cap.
+    group: crate::http::client_ip::AddressGroup,
+}
+
+/// The sessions, and how many each address group holds (kept as sessions
+/// come and go, so opening one costs the same at 10 or 100,000).
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<String, Arc<XhrSession>>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl Sessions {
+    fn remove(&mut self, session: &Arc<XhrSession>, group: IpAddr) {
+        if !self
+            .by_id
+            .get(&session.id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            return;
+        }
+        self.by_id.remove(&session.id);
+        if let Some(n) = self.per_address.get_mut(&group) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_address.remove(&group);
+            }
+        }
+    }
+}
+
+/// Ends its session and forgets it when dropped: normally once the
+/// session's close has been served for `DISCONNECT_DELAY`, but also when
+/// its task unwinds from a panic or is aborted, so no session outlives its
+/// task and counts against the caps.
+struct Forget {
+    registry: Arc<Registry>,
+    session: Arc<XhrSession>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.session.close(Close::GoAway);
+        let group = self.registry.group.of(self.session.peer);
+        let mut sessions = self.registry.lock();
+        sessions.remove(&self.session, group);
+        crate::metrics::sockjs_sessions(sessions.by_id.len());
+    }
 }
 
 /// Why a new session was refused.
@@ -57,16 +104,23 @@ pub enum Refused {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<XhrSession>>> {
+    pub fn new(group: crate::http::client_ip::AddressGroup) -> Self {
+        Registry {
+            sessions: Mutex::new(Sessions::default()),
+            group,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<XhrSession>> {
-        self.lock().get(id).cloned()
+        self.lock().by_id.get(id).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,6 +132,7 @@ impl Registry {
     /// its ERROR on the next one).
     pub fn undelivered(&self) -> usize {
         self.lock()
+            .by_id
             .values()
             .filter(|s| !s.state().queue.is_empty())
             .count()
@@ -88,6 +143,7 @@ impl Registry {
     /// is queued, and in between neither count above would hold it.
     pub fn running(&self) -> usize {
         self.lock()
+            .by_id
             .values()
             .filter(|s| s.state().closed.is_none())
             .count()
@@ -103,14 +159,15 @@ impl Registry {
         handshake: Handshake,
         service: Service,
     ) -> Result<(Arc<XhrSession>, bool), Refused> {
+        let group = self.group.of(peer);
         let mut sessions = self.lock();
-        if let Some(s) = sessions.get(id) {
+        if let Some(s) = sessions.by_id.get(id) {
             return Ok((s.clone(), false));
         }
-        if sessions.len() >= MAX_SESSIONS {
+        if sessions.by_id.len() >= MAX_SESSIONS {
             return Err(Refused::TooMany);
         }
-        if sessions.values().filter(|s| s.peer == peer).count() >= MAX_SESSIONS_PER_ADDRESS {
+        if sessions.per_address.get(&group).copied().unwrap_or(0) >= MAX_SESSIONS_PER_ADDRESS {
             return Err(Refused::TooManyFromAddress);
         }
         let (tx, rx) = mpsc::channel(MAX_INBOUND);
@@ -129,15 +186,19 @@ impl Registry {
             ended: CancellationToken::new(),
             inbound: tx,
         });
-        sessions.insert(id.to_string(), session.clone());
-        crate::metrics::sockjs_sessions(sessions.len());
+        sessions.by_id.insert(id.to_string(), session.clone());
+        *sessions.per_address.entry(group).or_insert(0) += 1;
+        crate::metrics::sockjs_sessions(sessions.by_id.len());
         drop(sessions);
 
         let transport = XhrTransport {
             session: session.clone(),
             inbound: rx,
         };
-        let registry = self.clone();
+        let forget = Forget {
+            registry: self.clone(),
+            session: session.clone(),
+        };
         let app = app.clone();
         tokio::spawn(async move {
             let session = transport.session.clone();
@@ -149,14 +210,7 @@ impl Registry {
             session.close(Close::GoAway);
             // Later requests get the close frame until the session is forgotten.
             tokio::time::sleep(DISCONNECT_DELAY).await;
-            let mut sessions = registry.lock();
-            if sessions
-                .get(&session.id)
-                .is_some_and(|s| Arc::ptr_eq(s, &session))
-            {
-                sessions.remove(&session.id);
-            }
-            crate::metrics::sockjs_sessions(sessions.len());
+            drop(forget);
         });
         Ok((session, true))
     }

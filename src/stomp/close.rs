@@ -21,6 +21,9 @@ pub mod code {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than the server accepts.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server met a fault of its own (a bug): the connection ends,
+    /// the process goes on.
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// A passing failure on the server's side: try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
@@ -84,6 +87,8 @@ pub enum Close {
     Revoked,
     /// The instance is stopping.
     ServerRestart,
+    /// The connection's task panicked (a bug); logged within a budget.
+    Internal,
 }
 
 impl Close {
@@ -116,6 +121,7 @@ impl Close {
             Close::ServerFrame(_) => "unexpected command",
             Close::SlowConsumer => "slow consumer",
             Close::ServerRestart => "server restart",
+            Close::Internal => "internal error",
         })
     }
 
@@ -163,6 +169,7 @@ impl Close {
             }
             Close::Revoked => "the tablet token was revoked".into(),
             Close::ServerRestart => "the server is restarting; reconnect".into(),
+            Close::Internal => "the server met an error of its own; reconnect".into(),
         }
     }
 
@@ -200,6 +207,7 @@ impl Close {
             | Close::TransactionsRefused
             | Close::SlowConsumer => code::POLICY_VIOLATION,
             Close::Unavailable => code::TRY_AGAIN_LATER,
+            Close::Internal => code::INTERNAL_ERROR,
         }
     }
 
@@ -256,6 +264,7 @@ mod tests {
             Close::SlowConsumer,
             Close::Revoked,
             Close::ServerRestart,
+            Close::Internal,
         ];
         for c in &all {
             assert!((1000..=1015).contains(&c.code()), "{c:?}");

@@ -4,8 +4,10 @@
 //! directions. `/ws` (a WebSocket) and SockJS are two transports of it.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -157,123 +159,139 @@ pub fn run<T: Transport>(
         // Only while part of a frame waits: an idle tablet keeps none.
         let mut decoder: Option<Box<Decoder>> = None;
 
-        let why: Close = 'conn: loop {
-            let tablet = session.tablet().cloned();
-            let woke = match &tablet {
-                Some(t) => {
-                    // The earliest moment something must happen without input.
-                    let (read, beat) = deadlines(&session, opened, last_in, last_out);
-                    let timer = [read, beat].into_iter().flatten().min();
-                    next_wake(&mut transport, t, timer).await
-                }
-                None => {
-                    Box::pin(next_wake_unconnected(
-                        &mut transport,
-                        opened + CONNECT_WITHIN,
-                        &stop,
-                    ))
-                    .await
-                }
-            };
-            match woke {
-                Wake::Inbound(inbound) => {
-                    let bytes = match inbound {
-                        Inbound::Closed => break 'conn Close::Disconnected,
-                        Inbound::Refused(why) => break 'conn why,
-                        Inbound::Alive => {
-                            last_in = Instant::now();
-                            continue;
-                        }
-                        Inbound::Data(bytes) => bytes,
-                    };
-                    last_in = Instant::now();
-                    let d = decoder.get_or_insert_with(|| {
-                        let mut d = Decoder::new(max_frame);
-                        d.set_version(session.version());
-                        Box::new(d)
-                    });
-                    d.push(&bytes);
-                    loop {
-                        let item = match d.next_item() {
-                            Ok(Some(item)) => item,
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::info!(error = %e, "closing a connection after a bad frame");
-                                break 'conn Close::BadFrame(e);
+        // A panic (a bug) ends this connection alone: caught here, logged
+        // within a budget, answered with ERROR and close 1011, and the
+        // session's clean-up below still runs.
+        let served = async {
+            let why: Close = 'conn: loop {
+                let tablet = session.tablet().cloned();
+                let woke = match &tablet {
+                    Some(t) => {
+                        // The earliest moment something must happen without input.
+                        let (read, beat) = deadlines(&session, opened, last_in, last_out);
+                        let timer = [read, beat].into_iter().flatten().min();
+                        next_wake(&mut transport, t, timer).await
+                    }
+                    None => {
+                        Box::pin(next_wake_unconnected(
+                            &mut transport,
+                            opened + CONNECT_WITHIN,
+                            &stop,
+                        ))
+                        .await
+                    }
+                };
+                match woke {
+                    Wake::Inbound(inbound) => {
+                        let bytes = match inbound {
+                            Inbound::Closed => break 'conn Close::Disconnected,
+                            Inbound::Refused(why) => break 'conn why,
+                            Inbound::Alive => {
+                                last_in = Instant::now();
+                                continue;
                             }
+                            Inbound::Data(bytes) => bytes,
                         };
-                        let was_connect = matches!(&item, Item::Frame(f) if matches!(f.command, Command::Connect | Command::Stomp));
-                        let step = Box::pin(session.handle(item)).await;
-                        if was_connect {
+                        last_in = Instant::now();
+                        let d = decoder.get_or_insert_with(|| {
+                            let mut d = Decoder::new(max_frame);
                             d.set_version(session.version());
-                            if session.tablet().is_some() {
-                                transport.connected();
-                            }
-                        }
-                        if let Some(why) = step.close {
-                            // The ERROR, if any, is written on the way out.
-                            for f in step.send {
-                                if f.command == Command::Error {
-                                    error = Some(Box::new(f));
-                                } else {
-                                    Box::pin(write(&mut transport, &f, session.version())).await;
+                            Box::new(d)
+                        });
+                        d.push(&bytes);
+                        loop {
+                            let item = match d.next_item() {
+                                Ok(Some(item)) => item,
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::info!(error = %e, "closing a connection after a bad frame");
+                                    break 'conn Close::BadFrame(e);
+                                }
+                            };
+                            let was_connect = matches!(&item, Item::Frame(f) if matches!(f.command, Command::Connect | Command::Stomp));
+                            let step = Box::pin(session.handle(item)).await;
+                            if was_connect {
+                                d.set_version(session.version());
+                                if session.tablet().is_some() {
+                                    transport.connected();
                                 }
                             }
-                            break 'conn why;
+                            if let Some(why) = step.close {
+                                // The ERROR, if any, is written on the way out.
+                                for f in step.send {
+                                    if f.command == Command::Error {
+                                        error = Some(Box::new(f));
+                                    } else {
+                                        Box::pin(write(&mut transport, &f, session.version()))
+                                            .await;
+                                    }
+                                }
+                                break 'conn why;
+                            }
+                            for f in &step.send {
+                                if !Box::pin(write(&mut transport, f, session.version())).await {
+                                    break 'conn Close::Disconnected;
+                                }
+                                last_out = Instant::now();
+                            }
+                            // Many frames in one message: let other tasks run.
+                            tokio::task::coop::consume_budget().await;
                         }
-                        for f in &step.send {
-                            if !Box::pin(write(&mut transport, f, session.version())).await {
+                        if decoder.as_ref().is_some_and(|d| d.is_idle()) {
+                            decoder = None;
+                        }
+                    }
+                    Wake::Popups => {
+                        let Some(t) = tablet else { continue };
+                        let (popups, closing) = t.take();
+                        for p in popups {
+                            for f in session.popup(&p) {
+                                if !Box::pin(write(&mut transport, &f, session.version())).await {
+                                    break 'conn Close::Disconnected;
+                                }
+                                last_out = Instant::now();
+                            }
+                        }
+                        if let Some(reason) = closing {
+                            break 'conn reason;
+                        }
+                    }
+                    Wake::Timer => {
+                        let now = Instant::now();
+                        let (read_deadline, beat_due) =
+                            deadlines(&session, opened, last_in, last_out);
+                        if read_deadline.is_some_and(|d| now >= d) {
+                            break 'conn if tablet.is_none() {
+                                Close::ConnectTimeout
+                            } else {
+                                Close::HeartbeatTimeout
+                            };
+                        }
+                        if beat_due.is_some_and(|d| now >= d) {
+                            if !matches!(
+                                Box::pin(tokio::time::timeout(
+                                    WRITE_WITHIN,
+                                    transport.send("\n".into())
+                                ))
+                                .await,
+                                Ok(true)
+                            ) {
                                 break 'conn Close::Disconnected;
                             }
-                            last_out = Instant::now();
-                        }
-                        // Many frames in one message: let other tasks run.
-                        tokio::task::coop::consume_budget().await;
-                    }
-                    if decoder.as_ref().is_some_and(|d| d.is_idle()) {
-                        decoder = None;
-                    }
-                }
-                Wake::Popups => {
-                    let Some(t) = tablet else { continue };
-                    let (popups, closing) = t.take();
-                    for p in popups {
-                        for f in session.popup(&p) {
-                            if !Box::pin(write(&mut transport, &f, session.version())).await {
-                                break 'conn Close::Disconnected;
-                            }
-                            last_out = Instant::now();
+                            last_out = now;
                         }
                     }
-                    if let Some(reason) = closing {
-                        break 'conn reason;
-                    }
+                    Wake::Stop => break 'conn Close::ServerRestart,
                 }
-                Wake::Timer => {
-                    let now = Instant::now();
-                    let (read_deadline, beat_due) = deadlines(&session, opened, last_in, last_out);
-                    if read_deadline.is_some_and(|d| now >= d) {
-                        break 'conn if tablet.is_none() {
-                            Close::ConnectTimeout
-                        } else {
-                            Close::HeartbeatTimeout
-                        };
-                    }
-                    if beat_due.is_some_and(|d| now >= d) {
-                        if !matches!(
-                            Box::pin(tokio::time::timeout(
-                                WRITE_WITHIN,
-                                transport.send("\n".into())
-                            ))
-                            .await,
-                            Ok(true)
-                        ) {
-                            break 'conn Close::Disconnected;
-                        }
-                        last_out = now;
-                    }
-                }
-                Wake::Stop => break 'conn Close::ServerRestart,
+            };
+            why
+        };
+        let why = match AssertUnwindSafe(served).catch_unwind().await {
+            Ok(why) => why,
+            Err(_) => {
+                // The panic hook has logged it (`log_budget::log_panics`).
+                error = None;
+                Close::Internal
             }
         };
         session.end();

@@ -351,12 +351,16 @@ impl Decoder {
         };
         let end = match head.content_length {
             Some(len) => {
-                let end = head.body_start + len;
-                if end + 1 > self.max_frame {
-                    return Err(FrameError::TooLarge {
-                        limit: self.max_frame,
-                    });
-                }
+                // `parse_head` keeps the whole frame within `max_frame`, so
+                // neither addition can overflow; checked all the same.
+                let end = match head.body_start.checked_add(len) {
+                    Some(end) if end < self.max_frame => end,
+                    _ => {
+                        return Err(FrameError::TooLarge {
+                            limit: self.max_frame,
+                        })
+                    }
+                };
                 if self.buf.len() <= end {
                     return Ok(None);
                 }
@@ -494,11 +498,21 @@ impl Decoder {
         }
         let content_length = match headers.iter().find(|(n, _)| n == "content-length") {
             None => None,
-            Some((_, v)) => Some(
-                v.trim()
+            Some((_, v)) => {
+                let len = v
+                    .trim()
                     .parse::<usize>()
-                    .map_err(|_| FrameError::BadContentLength(shorten(v)))?,
-            ),
+                    .map_err(|_| FrameError::BadContentLength(shorten(v)))?;
+                // The body and its NUL must fit after the head: compared
+                // before any addition, so a length near usize::MAX is just
+                // too large, not an overflow.
+                if len >= self.max_frame - body_start {
+                    return Err(FrameError::TooLarge {
+                        limit: self.max_frame,
+                    });
+                }
+                Some(len)
+            }
         };
         Ok(Head {
             command,
@@ -626,6 +640,39 @@ mod tests {
     fn content_length_allows_nul_in_body() {
         let f = one(b"SEND\ncontent-length:3\n\na\0b\0");
         assert_eq!(f.body, b"a\0b");
+    }
+
+    #[test]
+    fn content_length_near_usize_max_is_too_large_not_a_panic() {
+        let decode = |bytes: &[u8]| {
+            let mut d = Decoder::new(1024);
+            d.push(bytes);
+            d.next_item()
+        };
+        for len in [
+            "18446744073709551577".to_string(),
+            usize::MAX.to_string(),
+            (usize::MAX - 5).to_string(),
+            "1024".to_string(),
+        ] {
+            let frame = format!("SEND\ncontent-length:{len}\n\nab\0");
+            assert_eq!(
+                decode(frame.as_bytes()),
+                Err(FrameError::TooLarge { limit: 1024 }),
+                "{len}"
+            );
+        }
+        // The largest body that fits (head, body and NUL are 1,024 bytes),
+        // and one byte more.
+        let head_len = "SEND\ncontent-length:999\n\n".len();
+        let fits = 1024 - head_len - 1;
+        for (len, ok) in [(fits, true), (fits + 1, false)] {
+            let mut frame = format!("SEND\ncontent-length:{len}\n\n").into_bytes();
+            frame.extend(vec![b'x'; len]);
+            frame.push(0);
+            let got = decode(&frame);
+            assert_eq!(got.is_ok(), ok, "{len}: {got:?}");
+        }
     }
 
     #[test]

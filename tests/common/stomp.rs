@@ -195,6 +195,18 @@ impl Client {
         }
     }
 
+    /// The close code the server ends the connection with (`None`: closed
+    /// without a close frame, or nothing within 30 s).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// Whether the server closes the connection within `within`.
     pub async fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
