@@ -23,6 +23,7 @@
 //! - [`simulate`]: sends a provider-shaped CDR to a running server.
 //! - [`metrics`]: every metric's name and meaning.
 //! - [`log_budget`]: a rate limit for log lines strangers can cause.
+//! - [`text`]: what free text people type may hold.
 
 pub mod auth;
 pub mod bus;
@@ -41,5 +42,6 @@ pub mod simulate;
 pub mod sockjs;
 pub mod stomp;
 pub mod store_import;
+pub mod text;
 pub mod token;
 pub mod trail;

@@ -61,6 +61,13 @@ enum StoreCommand {
     List,
     /// Remove a store, its numbers and its tokens (its calls stay).
     Remove { slug: String },
+    /// Let token-less tablets (compat.anonymous) follow this store's calls,
+    /// read-only, or stop letting them; off for every store until turned on.
+    Anonymous {
+        slug: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Add stores from a CSV file, one `slug,name,number[,number…]` per
     /// line; all or nothing, and stores already there unchanged are skipped.
     Import { file: std::path::PathBuf },
@@ -336,6 +343,9 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
             if name.trim().is_empty() || name.chars().count() > 200 {
                 anyhow::bail!("--name: expected 1 to 200 characters");
             }
+            if let Some(why) = bizcall::text::refused_char(&name, false) {
+                anyhow::bail!("--name: {why}");
+            }
             let mut digits = Vec::new();
             for n in &numbers {
                 let d = normalize_number(n).ok_or_else(|| {
@@ -347,6 +357,20 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
             }
             db.store_add(&slug, name.trim(), &digits).await?;
             eprintln!("store {slug} added with numbers {}", digits.join(", "));
+        }
+        StoreCommand::Anonymous { slug, state } => {
+            let allowed = state == "on";
+            if !db.store_set_anonymous(&slug, allowed).await? {
+                anyhow::bail!("no store {slug:?} (see bizcall store list)");
+            }
+            eprintln!(
+                "store {slug}: token-less tablets {}",
+                if allowed {
+                    "may follow its calls (read-only; needs compat.anonymous = true)"
+                } else {
+                    "may not follow its calls"
+                }
+            );
         }
         StoreCommand::List => {
             let stores = db.store_list().await?;
@@ -402,6 +426,9 @@ async fn token(config: Config, cmd: TokenCommand) -> anyhow::Result<()> {
     let db = open(&config).await?;
     match cmd {
         TokenCommand::Issue { slug, label } => {
+            if let Some(why) = bizcall::text::refused_char(&label, false) {
+                anyhow::bail!("--label: {why}");
+            }
             if label.chars().count() > 200 {
                 anyhow::bail!("--label: at most 200 characters");
             }

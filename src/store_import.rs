@@ -94,7 +94,9 @@ pub fn parse(text: &str) -> Result<Vec<(usize, Store)>, Vec<String>> {
             continue;
         }
         let name = &f[1];
-        if name.is_empty() || name.chars().count() > 200 {
+        if let Some(why) = crate::text::refused_char(name, false) {
+            errors.push(format!("line {n}: name: {why}"));
+        } else if name.is_empty() || name.chars().count() > 200 {
             errors.push(format!("line {n}: name: expected 1 to 200 characters"));
             continue;
         }

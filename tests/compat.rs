@@ -183,10 +183,42 @@ async fn token_less_tablets_are_refused_by_default() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_tablets_from_allowed_origins_follow_any_store_legacy_only() {
+async fn anonymous_tablets_from_allowed_origins_follow_opted_in_stores_legacy_only() {
     let ctx = Ctx::with_admin(anonymous).await;
     ctx.store("gangnam", "0501").await;
     ctx.store("jamsil", "0502").await;
+    ctx.store("mapo", "0503").await;
+
+    // A store that does not exist, or that is not opted in: refused.
+    for slug in ["nosuch", "mapo"] {
+        let mut pad = Client::open_with(&ctx.ws(), &[("Origin", PAD)]).await;
+        assert_eq!(connect_without_token(&mut pad).await.command, "CONNECTED");
+        pad.send_raw(&format!(
+            "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/{slug}\n\n\0"
+        ))
+        .await;
+        let e = pad.expect("ERROR").await;
+        assert_eq!(e.get("message"), Some("forbidden destination"), "{slug}");
+        assert!(
+            e.body.contains("does not take tablets without a token"),
+            "{e:?}"
+        );
+        assert!(pad.closed_within(Duration::from_secs(5)).await);
+    }
+    // The operator opts gangnam and jamsil in through the admin API.
+    for slug in ["gangnam", "jamsil"] {
+        let r = common::http()
+            .patch(format!("{}/api/admin/stores/{slug}", ctx.base()))
+            .bearer_auth("admin-secret")
+            .json(&serde_json::json!({"anonymousTablets": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let one: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(one["anonymousTablets"], true, "{one}");
+        assert_eq!(one["name"], slug, "the name is kept: {one}");
+    }
 
     // No Origin (not a browser), or one not listed: refused.
     let mut c = Client::open(&ctx.ws(), None, None).await;
@@ -232,7 +264,9 @@ async fn anonymous_tablets_from_allowed_origins_follow_any_store_legacy_only() {
         .await
         .unwrap();
     for s in admin.as_array().unwrap() {
-        assert_eq!(s["anonymousTabletsHere"], 1, "{s}");
+        let opted_in = s["slug"] != "mapo";
+        assert_eq!(s["anonymousTablets"], opted_in, "{s}");
+        assert_eq!(s["anonymousTabletsHere"], u32::from(opted_in), "{s}");
         assert_eq!(s["tabletsHere"], 0, "{s}");
     }
 

@@ -207,11 +207,12 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     db.cleanup().await;
 }
 
-/// A token-less Spring page (`compat.anonymous`) that ACKs a legacy popup
-/// takes the call too: the store's tablets on the new destination are told
-/// it was "anonymous"; the page itself, legacy only, is told nothing.
+/// A token-less Spring page (`compat.anonymous`) is read-only: its ACK of
+/// a legacy popup does not mark the call acknowledged and tells the store's
+/// other tablets nothing (a stranger on an allowed origin must not be able
+/// to close the real tablet's popup).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_anonymous_legacy_ack_is_told_to_the_new_tablets() {
+async fn an_anonymous_legacy_ack_changes_nothing() {
     const PAD: &str = "https://pad.example.com";
     let ctx = common::Single::new(|c| {
         c.compat.anonymous = true;
@@ -219,6 +220,12 @@ async fn an_anonymous_legacy_ack_is_told_to_the_new_tablets() {
     })
     .await;
     let token = ctx.store("solo", "0509").await;
+    ctx.server
+        .app
+        .db
+        .store_set_anonymous("solo", true)
+        .await
+        .unwrap();
     let mut desk = tablet(&ctx.ws(), &token, &[("calls", "/topic/call-store/solo")]).await;
     let mut pad = Client::open_with(&ctx.ws(), &[("Origin", PAD)]).await;
     pad.send_raw("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
@@ -244,10 +251,22 @@ async fn an_anonymous_legacy_ack_is_told_to_the_new_tablets() {
         popup.get("ack").expect("ack header")
     ))
     .await;
-    let handled = message(&mut desk).await.json();
-    assert_eq!(handled["type"], "handled");
-    assert_eq!(handled["by"], "anonymous");
-    // The pad's next message is the next call, not the handled event.
+    // The ACK was read (a receipt after it comes back) and changed nothing.
+    pad.send_raw("DISCONNECT\nreceipt:bye\n\n\0").await;
+    pad.expect("RECEIPT").await;
+    let calls = common::get_json(&format!("{}/api/stores/solo/calls", ctx.base()), &token).await;
+    assert_eq!(calls[0]["callId"], "an1", "{calls}");
+    assert_eq!(calls[0]["acknowledged"], false, "{calls}");
+    let mut pad = Client::open_with(&ctx.ws(), &[("Origin", PAD)]).await;
+    pad.send_raw("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    pad.expect("CONNECTED").await;
+    pad.send_raw(
+        "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/solo\nack:client\nreceipt:r\n\n\0",
+    )
+    .await;
+    pad.expect("RECEIPT").await;
+    // The desk's next message is the next call: no handled event came.
     let fields = [
         ("seq", "an2"),
         ("sdt", "20261122101600"),
@@ -256,6 +275,12 @@ async fn an_anonymous_legacy_ack_is_told_to_the_new_tablets() {
         ("vn", "0509"),
     ];
     assert_eq!(common::post_cdr(&ctx.base(), &fields).await, 200);
+    let next = message(&mut desk).await.json();
+    assert_eq!(
+        (&next["type"], &next["callId"]),
+        (&"call".into(), &"an2".into()),
+        "{next}"
+    );
     let next = message(&mut pad).await.json();
     assert_eq!(next["callId"], "an2", "{next}");
     assert_eq!(next["fromNumber"], "01033334444");

@@ -80,3 +80,131 @@ async fn a_huge_content_length_over_xhr_send_ends_its_session_and_leaks_nothing(
     ctx.server.stop().await.unwrap();
     ctx.db.cleanup().await;
 }
+
+/// Control characters add fake lines to `bizcall store list` and the logs;
+/// bidirectional overrides reorder what the tablet shows. Refused, naming
+/// the field, in store names, token labels and reservation fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_and_direction_characters_are_refused_naming_the_field() {
+    let ctx = Single::new(|c| c.admin.token = "admin-secret".into()).await;
+    let token = ctx.store("texts", "050-1111-2202").await;
+    let http = common::http();
+    let base = ctx.base();
+    let admin = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth("admin-secret")
+            .json(&body)
+            .send()
+    };
+    let cases = [
+        (
+            reqwest::Method::POST,
+            "/api/admin/stores",
+            serde_json::json!({"slug": "fake", "name": "Real\nfake\t1\t050", "numbers": []}),
+            "name",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/api/admin/stores/texts",
+            serde_json::json!({"name": "Gangnam\u{202E}1"}),
+            "name",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/admin/stores/texts/tokens",
+            serde_json::json!({"label": "desk\u{1b}[2J"}),
+            "label",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let r = admin(method, path, body).await.unwrap();
+        assert_eq!(r.status(), 422, "{path}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["field"], field, "{path}: {e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .contains("control or text-direction"),
+            "{e}"
+        );
+    }
+    for (field, value) in [
+        ("carNumber", "12가\u{202E}3456"),
+        ("carModel", "Sonata\u{2066}"),
+        ("service", "wash\nfree"),
+        ("memo", "call back\u{202E}"),
+    ] {
+        let mut body = serde_json::json!({
+            "customerNumber": "01012345678",
+            "reservedAt": "2026-11-23T10:00:00+09:00",
+        });
+        body[field] = value.into();
+        let r = http
+            .post(format!("{base}/api/stores/texts/reservations"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{field}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["field"], field, "{e}");
+    }
+    // A memo may have lines.
+    let r = http
+        .post(format!("{base}/api/stores/texts/reservations"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "customerNumber": "01012345678",
+            "reservedAt": "2026-11-23T10:00:00+09:00",
+            "memo": "first line\nsecond line",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Nothing of the refused ones was stored.
+    let stores = ctx.server.app.db.store_list().await.unwrap();
+    assert_eq!(stores.len(), 1);
+    assert_eq!(stores[0].name, "texts");
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}
+
+#[test]
+fn the_command_line_refuses_control_characters_in_names_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    let env = [("BIZCALL_DATABASE__URL", url.as_str())];
+    let (code, _, err) = common::run_cli(
+        &[
+            "store",
+            "add",
+            "fake",
+            "--name",
+            "Real\nfake\t050",
+            "--number",
+            "0501",
+        ],
+        &env,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.starts_with("error: --name: must not contain control"),
+        "{err}"
+    );
+    let (code, _, err) = common::run_cli(
+        &["store", "add", "real", "--name", "Real", "--number", "0501"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        common::run_cli(&["token", "issue", "real", "--label", "desk\u{202E}"], &env);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert!(err.contains("--label: must not contain control"), "{err}");
+    let (code, out, _) = common::run_cli(&["store", "list"], &env);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

@@ -624,6 +624,12 @@ async fn anonymous_tablets_over_sockjs_need_a_listed_origin() {
     })
     .await;
     ctx.store("gangnam", "0501").await;
+    ctx.server
+        .app
+        .db
+        .store_set_anonymous("gangnam", true)
+        .await
+        .unwrap();
     let connect = "CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0";
     // No Origin: allowed through the door, refused at CONNECT.
     let x = Xhr::new(&ctx);

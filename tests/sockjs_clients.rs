@@ -196,6 +196,17 @@ async fn spring_page_in_headless_chromium() {
 
     let dir = tempfile::tempdir().unwrap();
     register(dir.path(), "old-pad", "050-7777-8888");
+    // Token-less tablets follow only stores the operator opted in.
+    let db_url = format!("sqlite://{}", dir.path().join("bizcall.db").display());
+    let (code, _, stderr) = common::run_cli(
+        &["store", "anonymous", "old-pad", "on"],
+        &[("BIZCALL_DATABASE__URL", db_url.as_str())],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("store old-pad: token-less tablets may follow"),
+        "{stderr}"
+    );
     let origins = format!("[\"{origin}\"]");
     let server = Instance::spawn(
         dir.path(),

@@ -119,6 +119,7 @@ async function showStore() {
   }
   $("#detail-title").textContent = s.name + " (" + s.slug + ")";
   if (document.activeElement !== $("#rename")) $("#rename").value = s.name;
+  $("#anonymous-tablets").checked = !!s.anonymousTablets;
   const list = $("#numbers");
   list.replaceChildren();
   for (const n of s.numbers) {
@@ -351,6 +352,10 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     const name = $("#rename").value;
     act(() => api("PATCH", "/api/admin/stores/" + encodeURIComponent(state.store), { name }));
+  });
+  $("#anonymous-tablets").addEventListener("change", (e) => {
+    const anonymousTablets = e.target.checked;
+    act(() => api("PATCH", "/api/admin/stores/" + encodeURIComponent(state.store), { anonymousTablets }));
   });
   $("#number-form").addEventListener("submit", async (e) => {
     e.preventDefault();

@@ -383,6 +383,39 @@ impl Db {
         Ok(store)
     }
 
+    /// Whether token-less tablets may follow `slug`: `None` when there is
+    /// no such store.
+    pub async fn store_anonymous(&self, slug: &str) -> Result<Option<bool>> {
+        Ok(on_pool!(self, pool => sqlx::query_scalar::<_, bool>(
+            "SELECT anonymous_tablets FROM stores WHERE slug = $1",
+        )
+        .bind(slug)
+        .fetch_optional(pool)
+        .await)?)
+    }
+
+    /// Opts `slug` in or out for token-less tablets; false when there is no
+    /// such store.
+    pub async fn store_set_anonymous(&self, slug: &str, allowed: bool) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query("UPDATE stores SET anonymous_tablets = $1 WHERE slug = $2")
+            .bind(allowed)
+            .bind(slug)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// The stores opted in for token-less tablets.
+    pub async fn stores_anonymous(&self) -> Result<std::collections::HashSet<String>> {
+        let rows: Vec<String> = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT slug FROM stores WHERE anonymous_tablets",
+        )
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn store_rename(&self, slug: &str, name: &str) -> Result<bool> {
         let n = on_pool!(self, pool => sqlx::query("UPDATE stores SET name = $1 WHERE slug = $2")
             .bind(name)

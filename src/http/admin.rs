@@ -65,6 +65,9 @@ fn store_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name", "expected 1 to 200 characters"));
     }
+    if let Some(why) = crate::text::refused_char(name, false) {
+        return Err(ApiError::invalid("name", why));
+    }
     Ok(name.to_string())
 }
 
@@ -95,6 +98,7 @@ async fn store_json(app: &App, slugs: Option<&str>) -> Result<Vec<Value>, ApiErr
     let last = app.db.last_call_by_store().await?;
     let here = app.hub.tablets_by_store();
     let anonymous = app.hub.anonymous_by_store();
+    let opted_in = app.db.stores_anonymous().await?;
     Ok(stores
         .iter()
         .filter(|s| slugs.is_none_or(|one| one == s.slug))
@@ -110,6 +114,9 @@ async fn store_json(app: &App, slugs: Option<&str>) -> Result<Vec<Value>, ApiErr
                 // Token-less tablets (`compat.anonymous`) that still need
                 // the token change.
                 "anonymousTabletsHere": anonymous.get(&s.slug).copied().unwrap_or(0),
+                // Whether token-less tablets may follow this store at all
+                // (with `compat.anonymous`); off until the operator opts in.
+                "anonymousTablets": opted_in.contains(&s.slug),
                 "lastCallAt": time(last.get(&s.slug).copied()),
             })
         })
@@ -183,7 +190,8 @@ pub async fn store_show(
     Ok(Json(one).into_response())
 }
 
-/// `PATCH /api/admin/stores/{slug}` `{"name"}`
+/// `PATCH /api/admin/stores/{slug}` `{"name"?, "anonymousTablets"?}`: at
+/// least one of them.
 pub async fn store_edit(
     State(app): State<App>,
     Path(slug): Path<String>,
@@ -192,11 +200,32 @@ pub async fn store_edit(
     body: Body,
 ) -> ApiResult {
     let obj = json_body(&headers, body).await?;
-    let name = store_name(&obj)?;
-    if !app.db.store_rename(&slug, &name).await? {
-        return Err(ApiError::NotFound("no such store"));
+    let anonymous = match obj.get("anonymousTablets") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "anonymousTablets",
+                "expected true or false",
+            ))
+        }
+    };
+    let name = match obj.get("name") {
+        None | Some(Value::Null) if anonymous.is_some() => None,
+        _ => Some(store_name(&obj)?),
+    };
+    if let Some(name) = name {
+        if !app.db.store_rename(&slug, &name).await? {
+            return Err(ApiError::NotFound("no such store"));
+        }
+        tracing::info!(store = %slug, "admin: store renamed");
     }
-    tracing::info!(store = %slug, "admin: store renamed");
+    if let Some(allowed) = anonymous {
+        if !app.db.store_set_anonymous(&slug, allowed).await? {
+            return Err(ApiError::NotFound("no such store"));
+        }
+        tracing::info!(store = %slug, allowed, "admin: token-less tablets for this store set");
+    }
     let one = store_json(&app, Some(&slug)).await?;
     Ok(Json(one.into_iter().next()).into_response())
 }
@@ -350,6 +379,9 @@ pub async fn token_issue(
         .unwrap_or("")
         .trim()
         .to_string();
+    if let Some(why) = crate::text::refused_char(&label, false) {
+        return Err(ApiError::invalid("label", why));
+    }
     if label.chars().count() > 200 {
         return Err(ApiError::invalid("label", "at most 200 characters"));
     }

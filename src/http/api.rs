@@ -133,7 +133,13 @@ fn optional_text(
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.trim().to_string())),
+        Some(Value::String(s)) if s.chars().count() <= max => {
+            // A memo may have lines; the other fields are one line.
+            if let Some(why) = crate::text::refused_char(s, field == "memo") {
+                return bad(why);
+            }
+            Ok(Some(s.trim().to_string()))
+        }
         Some(Value::String(_)) => bad(format!("at most {max} characters")),
         Some(_) => bad("expected a string".into()),
     }

@@ -221,7 +221,7 @@ impl Session {
             (Some(_), Command::Connect | Command::Stomp) => {
                 Step::end(Close::AlreadyConnected, receipt.as_deref())
             }
-            (Some(_), Command::Subscribe) => self.subscribe(&frame),
+            (Some(_), Command::Subscribe) => self.subscribe(&frame).await,
             (Some(_), Command::Unsubscribe) => self.unsubscribe(&frame),
             (Some(_), Command::Ack) => self.ack(&frame, true).await,
             (Some(_), Command::Nack) => self.ack(&frame, false).await,
@@ -371,17 +371,36 @@ impl Session {
             .header("user-name", user)
     }
 
-    fn subscribe(&mut self, frame: &Frame) -> Step {
-        let Some(tablet) = &self.tablet else {
+    async fn subscribe(&mut self, frame: &Frame) -> Step {
+        let Some(tablet) = self.tablet.clone() else {
             return Step::default();
         };
         let receipt = frame.get("receipt");
         let destination = frame.get("destination").unwrap_or("");
         let parsed = parse_destination(destination);
         let allowed = match parsed {
-            // Anonymous tablets follow any store, as the Spring service let
-            // them, but only in its shape: the new destination needs a token.
-            Some((_, legacy)) if tablet.anonymous => legacy,
+            // Anonymous tablets follow, in the Spring service's shape only,
+            // stores that exist and that the operator opted in.
+            Some((store, legacy)) if tablet.anonymous => {
+                if !legacy {
+                    false
+                } else {
+                    match self.hub.db().store_anonymous(store).await {
+                        Ok(Some(true)) => true,
+                        Ok(_) => {
+                            tracing::warn!(destination, "token-less tablet asked for a store that is not opted in for tablets without a token");
+                            let detail = format!(
+                                "store {store:?} does not take tablets without a token (the operator opts a store in)"
+                            );
+                            return Step::end(Close::ForbiddenDestination { detail }, receipt);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not check a store for token-less tablets");
+                            return Step::end(Close::Unavailable, receipt);
+                        }
+                    }
+                }
+            }
             Some((store, _)) => store == tablet.store,
             None => false,
         };
@@ -473,11 +492,15 @@ impl Session {
         let Some((store, calls)) = settled.filter(|_| positive) else {
             return Step::default();
         };
-        let by = if tablet.anonymous {
-            ANONYMOUS
-        } else {
-            &tablet.token_id[..]
-        };
+        if tablet.anonymous {
+            // Read-only: the bus may forget the message, but the call is not
+            // marked acknowledged and no other tablet hears of it.
+            for call in calls.into_iter().filter(|c| !c.is_empty()) {
+                self.hub.popup_acked(&call);
+            }
+            return Step::default();
+        }
+        let by = &tablet.token_id[..];
         for call in calls.into_iter().filter(|c| !c.is_empty()) {
             m::popup_acked();
             match self.hub.db().acknowledge_call(&call, &store, by).await {
