@@ -2,10 +2,12 @@
 //! the retention job, and stop gracefully.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::Router;
 use chrono::Utc;
 use hyper::body::Incoming;
@@ -19,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::http::conn::{Conn, Limits, Timeouts, Tracked};
+use crate::http::deadline::{ServedBody, TimedBody};
 
 use crate::auth::LoginGuard;
 use crate::bus::local::LocalBus;
@@ -224,6 +227,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let timeouts = Timeouts {
         header: config.server.header_timeout,
         idle: config.server.idle_timeout,
+        body: config.server.body_timeout,
     };
     let main = Listener {
         name: "main",
@@ -408,16 +412,35 @@ impl Listener {
         let io = TokioIo::new(Tracked::new(stream, conn.clone(), slot));
         let router = self.router.clone();
         let in_service = conn.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let body_timeout = self.timeouts.body;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             in_service.request_started();
+            let expired = Arc::new(AtomicBool::new(false));
+            let mut req = req.map(|body| {
+                axum::body::Body::new(TimedBody::new(body, body_timeout, expired.clone()))
+            });
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(in_service.clone());
             let router = router.clone();
             let conn = in_service.clone();
             async move {
                 let answer = router.oneshot(req).await;
-                conn.request_done();
-                answer
+                answer.map(|resp| {
+                    let resp = if expired.load(Ordering::Acquire) {
+                        crate::metrics::connection_timed_out();
+                        tracing::debug!(%peer, "request body not received within server.body_timeout");
+                        (
+                            axum::http::StatusCode::REQUEST_TIMEOUT,
+                            [(axum::http::header::CONNECTION, "close")],
+                            "request body not received in time\n",
+                        )
+                            .into_response()
+                    } else {
+                        resp
+                    };
+                    // Served once its body has been sent, not its head.
+                    resp.map(|body| axum::body::Body::new(ServedBody::new(body, conn)))
+                })
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();

@@ -208,3 +208,91 @@ fn the_command_line_refuses_control_characters_in_names_and_labels() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 1, "{out}");
 }
+
+/// A body trickled a byte at a time used to hold its connection (the
+/// header deadline is off while a handler runs): now it has
+/// `server.body_timeout` to arrive, then 408 and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gets_408_within_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ctx = Single::new(|c| c.server.body_timeout = Duration::from_secs(1)).await;
+    let mut s = tokio::net::TcpStream::connect(ctx.server.addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /bizcall/cdr HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nseq=",
+    )
+    .await
+    .unwrap();
+    // One byte every 300 ms: the body would take 30 s.
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(b"1").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), trickle).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // A body sent at once is unaffected.
+    let fields = [
+        ("seq", "trickle-after"),
+        ("sdt", "20261122101500"),
+        ("fromn", "01012345678"),
+        ("ton", "0212345678"),
+    ];
+    assert_eq!(common::post_cdr(&ctx.base(), &fields).await, 200);
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}
+
+/// A streamed answer still being sent is not an idle connection: an
+/// xhr-streaming tablet and the console's event stream outlive several
+/// `server.idle_timeout`s (2 s here, 60 s by default) without output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_not_cut_at_the_idle_timeout() {
+    let ctx = Single::new(|c| {
+        c.server.idle_timeout = Duration::from_secs(2);
+        c.admin.token = "admin-secret".into();
+    })
+    .await;
+    let http = common::http();
+    let mut tablet = http
+        .post(format!(
+            "http://{}/ws/v1/offline-store-pad/000/streamer/xhr_streaming",
+            ctx.server.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tablet.status(), 200);
+    let mut console = http
+        .get(format!("{}/api/admin/events", ctx.base()))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status(), 200);
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut tablet_bytes = 0;
+    loop {
+        match tokio::time::timeout_at(until, tablet.chunk()).await {
+            Err(_) => break,
+            Ok(Ok(Some(b))) => tablet_bytes += b.len(),
+            Ok(other) => panic!("the xhr-streaming answer ended: {other:?}"),
+        }
+    }
+    assert!(tablet_bytes > 2048, "the prelude and the open frame came");
+    match tokio::time::timeout(Duration::from_millis(100), console.chunk()).await {
+        Err(_) | Ok(Ok(Some(_))) => {}
+        Ok(other) => panic!("the event stream ended: {other:?}"),
+    }
+    drop((tablet, console));
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}

@@ -138,6 +138,8 @@ pub struct Timeouts {
     /// Between the end of one response and the first byte of the next
     /// request on a kept-alive connection.
     pub idle: Duration,
+    /// From a request's headers to the end of its body.
+    pub body: Duration,
 }
 
 /// One accepted connection as its requests see it (a request extension).
@@ -349,6 +351,7 @@ mod tests {
         let t = Timeouts {
             header: Duration::from_secs(10),
             idle: Duration::from_secs(600),
+            body: Duration::from_secs(10),
         };
         let before = Instant::now();
         let c = Conn::new("127.0.0.1:1".parse().unwrap(), Limits::new(1, 0), None);

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod client_ip;
 pub mod conn;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod pages;
