@@ -379,8 +379,8 @@ impl Default for StompConfig {
             max_frame: 65536,
             outbound_queue: 256,
             allowed_origins: Vec::new(),
-            max_connections_per_token: 8,
-            max_connections_per_address: 64,
+            max_connections_per_token: 16,
+            max_connections_per_address: 1024,
         }
     }
 }

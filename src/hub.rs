@@ -4,6 +4,7 @@
 //! replace each other), and tracks which popups await a tablet's ACK.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -266,6 +267,14 @@ pub struct Outbound {
     pub closing: Option<Box<Close>>,
 }
 
+/// A tablet refused because its token or its address has its share of
+/// tablets on this instance already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crowded {
+    Token { limit: usize },
+    Address { limit: usize },
+}
+
 /// One connected tablet, shared by its connection task and the hub.
 #[derive(Debug)]
 pub struct Tablet {
@@ -275,9 +284,12 @@ pub struct Tablet {
     /// The token's id; empty for an anonymous tablet. Shared with the
     /// presence counts, which key by it.
     pub token_id: Arc<str>,
-    /// Connected without a token (`compat.anonymous`): may follow any
-    /// store's legacy destination.
+    /// Connected without a token (`compat.anonymous`): may follow the
+    /// legacy destination of stores opted in, read-only.
     pub anonymous: bool,
+    /// The client's address group, counted against
+    /// `stomp.max_connections_per_address` while the tablet is here.
+    address: Option<IpAddr>,
     /// Stores the hub lists this tablet under (the hub's own keys).
     joined: Mutex<Vec<Arc<str>>>,
     /// Subscription id → what it carries.
@@ -459,6 +471,9 @@ pub struct Hub {
     /// Connected tablets: with a token, and anonymous.
     with_token: AtomicU64,
     anonymous: AtomicU64,
+    /// Connected tablets per client address group (IPv6: per
+    /// `server.ipv6_prefix` block), for `stomp.max_connections_per_address`.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
     seen: Mutex<SeenCalls>,
     /// Calls whose handled event went out here, until a TTL past expiry.
@@ -484,6 +499,7 @@ impl Hub {
             presence: Mutex::new(PresenceCounts::default()),
             with_token: AtomicU64::new(0),
             anonymous: AtomicU64::new(0),
+            per_address: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             seen: Mutex::new(SeenCalls::default()),
             handled: Mutex::new(HandledCalls {
@@ -581,12 +597,19 @@ impl Hub {
         self.watchers.subscribe()
     }
 
-    fn new_tablet(&self, store: &str, token_id: &str, anonymous: bool) -> Arc<Tablet> {
+    fn new_tablet(
+        &self,
+        store: &str,
+        token_id: &str,
+        anonymous: bool,
+        address: Option<IpAddr>,
+    ) -> Arc<Tablet> {
         Arc::new(Tablet {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             store: store.to_string(),
             token_id: Arc::from(token_id),
             anonymous,
+            address,
             joined: Mutex::new(Vec::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
             acks: Mutex::new(AckBook::default()),
@@ -597,28 +620,93 @@ impl Hub {
         })
     }
 
-    /// Adds a tablet that has just connected with a token of `store`.
-    pub fn register(&self, store: &str, token_id: &str) -> Arc<Tablet> {
-        let tablet = self.new_tablet(store, token_id, false);
-        self.with_token.fetch_add(1, Ordering::Relaxed);
-        self.join(&tablet, store);
-        tablet
+    /// Adds a tablet that has just connected with a token of `store`
+    /// from `client`, unless the token or the client's address group has
+    /// its share of tablets here (`stomp.max_connections_per_token`,
+    /// `stomp.max_connections_per_address`; 0: no cap).
+    pub fn register(
+        &self,
+        store: &str,
+        token_id: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Tablet>, Crowded> {
+        let address = self.take_address(client)?;
+        let tablet = self.new_tablet(store, token_id, false, address);
+        let cap = self.config.stomp.max_connections_per_token;
+        {
+            let mut joined = tablet.joined.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock that adds it: racing CONNECTs of one
+            // token cannot pass the cap together.
+            let same_token = all.get(store).map_or(0, |t| {
+                t.values().filter(|t| *t.token_id == *token_id).count()
+            });
+            if cap > 0 && same_token >= cap {
+                drop((joined, all));
+                self.release_address(address);
+                return Err(Crowded::Token { limit: cap });
+            }
+            self.with_token.fetch_add(1, Ordering::Relaxed);
+            self.join_locked(&tablet, store, &mut joined, &mut all);
+        }
+        Ok(tablet)
     }
 
-    /// Adds a tablet that connected without a token; it follows the
-    /// stores it subscribes to (`join`).
-    pub fn register_anonymous(&self) -> Arc<Tablet> {
-        let tablet = self.new_tablet("", "", true);
+    /// Adds a tablet that connected without a token from `client`
+    /// (subject to the per-address cap); it follows the stores it
+    /// subscribes to (`join`).
+    pub fn register_anonymous(&self, client: Option<IpAddr>) -> Result<Arc<Tablet>, Crowded> {
+        let address = self.take_address(client)?;
+        let tablet = self.new_tablet("", "", true, address);
         self.anonymous.fetch_add(1, Ordering::Relaxed);
         let all = self.tablets.read().unwrap_or_else(|p| p.into_inner());
         self.gauge(&all);
-        tablet
+        Ok(tablet)
+    }
+
+    /// Counts one more tablet for `client`'s address group, unless it has
+    /// its share already.
+    fn take_address(&self, client: Option<IpAddr>) -> Result<Option<IpAddr>, Crowded> {
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        let group =
+            crate::http::client_ip::AddressGroup::new(self.config.server.ipv6_prefix).of(client);
+        let cap = self.config.stomp.max_connections_per_address;
+        let mut counts = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(group).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return Err(Crowded::Address { limit: cap });
+        }
+        *n += 1;
+        Ok(Some(group))
+    }
+
+    fn release_address(&self, group: Option<IpAddr>) {
+        let Some(group) = group else { return };
+        let mut counts = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&group) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&group);
+            }
+        }
     }
 
     /// Lists `tablet` under `store`, so that store's calls reach it.
     pub fn join(&self, tablet: &Arc<Tablet>, store: &str) {
         let mut joined = tablet.joined.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = self.tablets.write().unwrap_or_else(|p| p.into_inner());
+        self.join_locked(tablet, store, &mut joined, &mut all);
+    }
+
+    fn join_locked(
+        &self,
+        tablet: &Arc<Tablet>,
+        store: &str,
+        joined: &mut Vec<Arc<str>>,
+        all: &mut TabletsByStore,
+    ) {
         if !joined.iter().any(|s| &**s == store) {
             // One allocation per store here, shared by its tablets.
             let key = match all.get_key_value(store) {
@@ -634,7 +722,7 @@ impl Hub {
             }
             self.presence_add(&key, &tablet.token_id, 1);
         }
-        self.gauge(&all);
+        self.gauge(all);
     }
 
     pub fn unregister(&self, tablet: &Tablet) {
@@ -658,6 +746,8 @@ impl Hub {
         };
         counter.fetch_sub(1, Ordering::Relaxed);
         self.gauge(&all);
+        drop(all);
+        self.release_address(tablet.address);
     }
 
     fn gauge(&self, all: &TabletsByStore) {
@@ -1041,6 +1131,7 @@ mod tests {
             store: "s".into(),
             token_id: "t".into(),
             anonymous: false,
+            address: None,
             joined: Mutex::new(Vec::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
             acks: Mutex::new(AckBook::default()),

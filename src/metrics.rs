@@ -181,7 +181,14 @@ fn register() {
     for surface in ["stomp", "api", "admin"] {
         counter!("bizcall_auth_failures_total", "surface" => surface).increment(0);
     }
-    for reason in ["cap", "address"] {
+    for reason in [
+        "cap",
+        "address",
+        "sockjs_sessions",
+        "sockjs_sessions_per_address",
+        "tablets_per_token",
+        "tablets_per_address",
+    ] {
         counter!("bizcall_connections_refused_total", "reason" => reason).increment(0);
     }
     for listener in ["main", "webhook"] {

@@ -296,3 +296,125 @@ async fn streams_are_not_cut_at_the_idle_timeout() {
     ctx.server.stop().await.unwrap();
     ctx.db.cleanup().await;
 }
+
+/// After CONNECT nothing capped connections per token: 300 connections of
+/// one token filled the instance. Now a token, and a client address, have
+/// a share of connected tablets (2 and 3 here; 16 and 1024 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_tablets_are_capped_per_token_and_per_address() {
+    let ctx = Single::new(|c| {
+        c.stomp.max_connections_per_token = 2;
+        c.stomp.max_connections_per_address = 3;
+    })
+    .await;
+    let token = ctx.store("crowd", "050-1111-2203").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
+        c.connect(&token).await;
+        held.push(c);
+    }
+    let mut third = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
+    third
+        .send_raw(&format!(
+            "CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{token}\n\n\0"
+        ))
+        .await;
+    let e = third.expect("ERROR").await;
+    assert_eq!(e.get("message"), Some("too many connections"));
+    assert!(e.body.contains("per token"), "{e:?}");
+    assert_eq!(third.close_code().await, Some(1008));
+    // Another token of the store connects: the address holds 3 now.
+    let other = ctx
+        .server
+        .app
+        .db
+        .token_issue("crowd", "second")
+        .await
+        .unwrap()
+        .1;
+    let mut c = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
+    c.connect(&other).await;
+    held.push(c);
+    let mut fourth = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
+    fourth
+        .send_raw(&format!(
+            "CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{other}\n\n\0"
+        ))
+        .await;
+    let e = fourth.expect("ERROR").await;
+    assert_eq!(e.get("message"), Some("too many connections"));
+    assert!(e.body.contains("per address"), "{e:?}");
+    // One leaves: its share comes back.
+    let mut gone = held.remove(0);
+    gone.send_raw("DISCONNECT\nreceipt:bye\n\n\0").await;
+    gone.expect("RECEIPT").await;
+    common::eventually(Duration::from_secs(5), "the tablet left", || async {
+        ctx.server.app.hub.counts().0 == 2
+    })
+    .await;
+    let mut again = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
+    again.connect(&token).await;
+    again.subscribe("crowd", "0", "auto").await;
+    drop((held, again));
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}
+
+/// Lines anybody can cause without credentials are written a few per
+/// minute, not one per request: refused SockJS sessions (193,696 lines in
+/// 30 s before) and wrong webhook keys. The metrics count every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_strangers_cause_are_logged_within_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Instance::spawn(dir.path(), &[("BIZCALL_WEBHOOK__KEY", "provider-key")]);
+    let http = common::http();
+    let base = server.base();
+    let mut refused = 0;
+    for i in 0..400 {
+        let r = http
+            .post(format!("{base}/ws/v1/offline-store-pad/000/flood{i}/xhr"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 400 - 256, "one address holds 256 sessions");
+    for i in 0..100 {
+        let r = http
+            .get(format!(
+                "{base}/bizcall/cdr?key=wrong&seq=k{i}&sdt=20261122101500&fromn=01012345678&ton=02"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "bizcall_connections_refused_total{reason=\"sockjs_sessions_per_address\"} 144"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bizcall_cdr_received_total{result=\"unauthorized\"} 100"),
+        "{metrics}"
+    );
+    // The log writer runs on its own thread: wait for the last lines.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = server.log_text();
+    let sockjs = log.matches("SockJS session refused").count();
+    let keys = log.matches("CDR with a missing or wrong key").count();
+    assert!((1..=5).contains(&sockjs), "{sockjs} lines:\n{log}");
+    assert!((1..=5).contains(&keys), "{keys} lines:\n{log}");
+}

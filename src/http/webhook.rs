@@ -1,6 +1,7 @@
 //! The provider's CDR callback (docs/webhook.md): access checks and
 //! parsing; the CDR is then accepted by `intake`, and its outcome answered.
 
+use crate::log_budget::LogBudget;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
@@ -47,13 +48,19 @@ pub async fn cdr(
             .any(|n| n.contains(&client))
     {
         m::cdr_received("forbidden");
-        tracing::warn!(%client, "CDR from a peer outside webhook.allow_from");
+        static LOG: LogBudget = LogBudget::new("CDR from a peer outside webhook.allow_from");
+        if LOG.admit() {
+            tracing::warn!(%client, "CDR from a peer outside webhook.allow_from");
+        }
         return text(StatusCode::FORBIDDEN, "forbidden: peer not allowed");
     }
     if !app.config.webhook.key.is_empty() && !key_matches(&app.config.webhook.key, query, &headers)
     {
         m::cdr_received("unauthorized");
-        tracing::warn!(%client, "CDR with a missing or wrong key");
+        static LOG: LogBudget = LogBudget::new("CDR with a missing or wrong key");
+        if LOG.admit() {
+            tracing::warn!(%client, "CDR with a missing or wrong key");
+        }
         return text(
             StatusCode::UNAUTHORIZED,
             "unauthorized: missing or wrong key",

@@ -421,7 +421,15 @@ async fn receive(
     let (session, new) = match s.sessions.open(id, client, &s.app, handshake, s.service) {
         Ok(found) => found,
         Err(why) => {
-            tracing::warn!(%client, ?why, "SockJS session refused");
+            crate::metrics::connection_refused(match why {
+                Refused::TooManyFromAddress => "sockjs_sessions_per_address",
+                Refused::TooMany => "sockjs_sessions",
+            });
+            static LOG: crate::log_budget::LogBudget =
+                crate::log_budget::LogBudget::new("SockJS session refused");
+            if LOG.admit() {
+                tracing::warn!(%client, ?why, "SockJS session refused");
+            }
             let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 match why {

@@ -83,6 +83,10 @@ pub enum Close {
     ServerFrame(Command),
     /// The tablet fell too far behind its popups.
     SlowConsumer,
+    /// The token, or the client's address, has its share of connected
+    /// tablets on this instance (`stomp.max_connections_per_token`,
+    /// `stomp.max_connections_per_address`).
+    TooManyConnections { per: &'static str, limit: usize },
     /// The tablet's token was revoked (or its store removed) while connected.
     Revoked,
     /// The instance is stopping.
@@ -120,6 +124,7 @@ impl Close {
             Close::TransactionsRefused => "transactions are not supported",
             Close::ServerFrame(_) => "unexpected command",
             Close::SlowConsumer => "slow consumer",
+            Close::TooManyConnections { .. } => "too many connections",
             Close::ServerRestart => "server restart",
             Close::Internal => "internal error",
         })
@@ -168,6 +173,9 @@ impl Close {
                 "the tablet fell too far behind; reconnect and fetch the call list".into()
             }
             Close::Revoked => "the tablet token was revoked".into(),
+            Close::TooManyConnections { per, limit } => {
+                format!("at most {limit} connected tablets per {per} on this server")
+            }
             Close::ServerRestart => "the server is restarting; reconnect".into(),
             Close::Internal => "the server met an error of its own; reconnect".into(),
         }
@@ -205,7 +213,8 @@ impl Close {
             | Close::TooManySubscriptions { .. }
             | Close::SendRefused
             | Close::TransactionsRefused
-            | Close::SlowConsumer => code::POLICY_VIOLATION,
+            | Close::SlowConsumer
+            | Close::TooManyConnections { .. } => code::POLICY_VIOLATION,
             Close::Unavailable => code::TRY_AGAIN_LATER,
             Close::Internal => code::INTERNAL_ERROR,
         }
@@ -262,6 +271,10 @@ mod tests {
             Close::TransactionsRefused,
             Close::ServerFrame(Command::Message),
             Close::SlowConsumer,
+            Close::TooManyConnections {
+                per: "token",
+                limit: 8,
+            },
             Close::Revoked,
             Close::ServerRestart,
             Close::Internal,

@@ -303,7 +303,13 @@ impl Session {
         };
         self.heartbeat =
             negotiate_heartbeat(frame.get("heart-beat"), self.hub.config().stomp.heartbeat);
-        let tablet = self.hub.register(&info.store, &info.id);
+        let tablet = match self
+            .hub
+            .register(&info.store, &info.id, self.handshake().client)
+        {
+            Ok(tablet) => tablet,
+            Err(crowded) => return Step::end(crowded_close(crowded, &info.id), None),
+        };
         self.label = info.label.clone();
         tracing::info!(store = %info.store, token = %info.id, session = %self.id, version = version.as_str(), "tablet connected");
         self.tablet = Some(tablet);
@@ -348,7 +354,10 @@ impl Session {
             return Step::end(Close::OriginNotListed, None);
         }
         self.heartbeat = negotiate_heartbeat(frame.get("heart-beat"), config.stomp.heartbeat);
-        let tablet = self.hub.register_anonymous();
+        let tablet = match self.hub.register_anonymous(self.handshake().client) {
+            Ok(tablet) => tablet,
+            Err(crowded) => return Step::end(crowded_close(crowded, ANONYMOUS), None),
+        };
         tracing::info!(origin = ?self.handshake().origin, session = %self.id, version = version.as_str(), "anonymous tablet connected");
         self.tablet = Some(tablet);
         self.forget_credentials();
@@ -615,6 +624,23 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// The ending for a tablet the hub refused, counted and logged within a
+/// budget (a client that retries in a loop must not fill the log).
+fn crowded_close(crowded: crate::hub::Crowded, token: &str) -> Close {
+    use crate::hub::Crowded;
+    static LOG: crate::log_budget::LogBudget =
+        crate::log_budget::LogBudget::new("tablet refused: too many connections");
+    let (per, limit, reason) = match crowded {
+        Crowded::Token { limit } => ("token", limit, "tablets_per_token"),
+        Crowded::Address { limit } => ("address", limit, "tablets_per_address"),
+    };
+    m::connection_refused(reason);
+    if LOG.admit() {
+        tracing::warn!(token, per, limit, "tablet refused: too many connections");
+    }
+    Close::TooManyConnections { per, limit }
 }
 
 #[cfg(test)]
