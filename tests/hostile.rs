@@ -418,3 +418,65 @@ async fn refusals_strangers_cause_are_logged_within_a_budget() {
     assert!((1..=5).contains(&sockjs), "{sockjs} lines:\n{log}");
     assert!((1..=5).contains(&keys), "{keys} lines:\n{log}");
 }
+
+/// The security headers were added before the SockJS routes were merged:
+/// SockJS answers and the 404 fallback went without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockjs_answers_and_unknown_paths_carry_the_security_headers() {
+    let ctx = Single::new(|_| {}).await;
+    let http = common::http();
+    let base = format!("http://{}", ctx.server.addr);
+    for (method, path) in [
+        ("GET", "/ws/v1/offline-store-pad"),
+        ("GET", "/ws/v1/offline-store-pad/info"),
+        ("POST", "/ws/v1/offline-store-pad/000/headers/xhr"),
+        ("GET", "/ws/v1/offline-store-pad/000/headers/eventsource"),
+        ("GET", "/no/such/page"),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+    ctx.server.stop().await.unwrap();
+    ctx.db.cleanup().await;
+}
+
+/// The webhook was open by default and nothing said so. With RabbitMQ (a
+/// production shape) an instance now refuses to start with an open webhook
+/// unless `webhook.open = true` says it is on purpose; with one instance
+/// it warns.
+#[test]
+fn an_open_webhook_on_rabbitmq_refuses_to_start_unless_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    let out = std::process::Command::new(common::bin())
+        .arg("serve")
+        .env("BIZCALL_DATABASE__URL", &url)
+        .env("BIZCALL_BUS__KIND", "amqp")
+        .env("BIZCALL_SERVER__LISTEN", "127.0.0.1:0")
+        .env("BIZCALL_AMQP__URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().last().unwrap_or("");
+    assert!(
+        line.starts_with("error: configuration: webhook: open to anybody"),
+        "{err}"
+    );
+    assert!(line.contains("webhook.open = true"), "{err}");
+    // One instance on the embedded defaults starts, and warns.
+    let server = common::Instance::spawn(dir.path(), &[("BIZCALL_DATABASE__URL", &url)]);
+    assert!(
+        server
+            .log_text()
+            .contains("is open to anybody (no webhook.key, no webhook.allow_from)"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -57,9 +57,10 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
         .merge(sockjs)
+        // After the merge: SockJS answers and the 404 fallback carry them too.
+        .layer(axum::middleware::map_response(security_headers))
 }
 
 /// The admin API (docs/http-api.md, "Admin endpoints").
