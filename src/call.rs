@@ -210,7 +210,7 @@ impl HandledEvent {
             store: store.to_string(),
             by: by.to_string(),
             at,
-            expires_at: at + crate::config::to_chrono(ttl),
+            expires_at: at + to_chrono(ttl),
         }
     }
 
@@ -235,7 +235,7 @@ impl HandledEvent {
         if ev.call_id.is_empty() || ev.store.is_empty() {
             return Err(NotAnEvent::Unaddressed);
         }
-        ev.expires_at = ev.at + crate::config::to_chrono(ttl);
+        ev.expires_at = ev.at + to_chrono(ttl);
         Ok(ev)
     }
 }
@@ -395,6 +395,13 @@ pub fn mask_number(number: &str) -> String {
     let mut out = "*".repeat(hidden);
     out.extend(&digits[hidden..]);
     out
+}
+
+/// A configured duration as chrono's, for arithmetic on event times. Exact
+/// for every value `Config::validate` lets through; a larger one (only a
+/// `Config` built by hand skips it) saturates instead of wrapping.
+pub fn to_chrono(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]

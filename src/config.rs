@@ -97,7 +97,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "sqlite://bizcall.db".into(),
             retention_days: 90,
-            pool_size: crate::db::PG_POOL_SIZE,
+            pool_size: PG_POOL_SIZE,
         }
     }
 }
@@ -158,19 +158,16 @@ impl BusConfig {
     /// `message_ttl` for clock arithmetic on event times: the one
     /// conversion, exact because `validate` bounds the TTL to a day.
     pub fn ttl(&self) -> chrono::Duration {
-        to_chrono(self.message_ttl)
+        chrono::Duration::from_std(self.message_ttl).unwrap_or(chrono::Duration::MAX)
     }
 }
 
+/// Connections to PostgreSQL per instance, unless `database.pool_size`
+/// says otherwise.
+pub const PG_POOL_SIZE: u32 = 16;
+
 /// The longest `bus.message_ttl`: a popup a day late is no popup.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// A configured duration as chrono's, for arithmetic on event times. Exact
-/// for every value `validate` lets through; a larger one (only a `Config`
-/// built by hand skips `validate`) saturates instead of wrapping.
-pub fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
 
 impl Default for BusConfig {
     fn default() -> Self {
@@ -946,7 +943,7 @@ mod tests {
             Ok(())
         });
         // Past chrono's range, a hand-built value saturates.
-        assert_eq!(to_chrono(Duration::MAX), chrono::Duration::MAX);
+        assert_eq!(crate::call::to_chrono(Duration::MAX), chrono::Duration::MAX);
     }
 
     #[test]

@@ -670,8 +670,7 @@ impl Hub {
         let Some(client) = client else {
             return Ok(None);
         };
-        let group =
-            crate::http::client_ip::AddressGroup::new(self.config.server.ipv6_prefix).of(client);
+        let group = crate::address::AddressGroup::new(self.config.server.ipv6_prefix).of(client);
         let cap = self.config.stomp.max_connections_per_address;
         let mut counts = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(group).or_insert(0);

@@ -2,11 +2,11 @@
 //! changed to the bus, and record that it got there. The webhook turns the
 //! outcome into an HTTP answer; tests and tools call it directly.
 
+use crate::app::App;
 use crate::call::mask_number;
 use crate::cdr::Cdr;
 use crate::db::{CallRow, Conflict, DbError, Upsert};
 use crate::metrics as m;
-use crate::server::App;
 
 /// What accepting one CDR did.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML + environment configuration and its defaults.
+//! - [`address`]: client addresses as the per-address caps group them.
 //! - [`cdr`]: the provider's call record: parsing, validation, status.
 //! - [`call`]: the call event that flows to tablets (JSON shape, expiry).
 //! - [`intake`]: the CDR use case: store, publish, outcome.
@@ -18,6 +19,7 @@
 //!   loop that runs it over any transport.
 //! - [`sockjs`]: SockJS transports for the Spring service's tablets.
 //! - [`http`]: routes: webhook, API, tablet page, health and metrics.
+//! - [`app`]: what request handlers share, below the routes.
 //! - [`server`]: wiring, background jobs and graceful shutdown.
 //! - [`store_import`]: `bizcall store import`, the old service's stores from CSV.
 //! - [`simulate`]: sends a provider-shaped CDR to a running server.
@@ -25,6 +27,8 @@
 //! - [`log_budget`]: a rate limit for log lines strangers can cause.
 //! - [`text`]: what free text people type may hold.
 
+pub mod address;
+pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod call;

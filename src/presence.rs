@@ -13,8 +13,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::app::App;
 use crate::db::{now_millis, InstanceRow, PresenceKey};
-use crate::server::App;
 
 /// How often an instance writes its heart-beat when nothing changes.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);

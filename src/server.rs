@@ -12,7 +12,6 @@ use axum::Router;
 use chrono::Utc;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,6 +22,7 @@ use tower::ServiceExt;
 use crate::http::conn::{Conn, Limits, Timeouts, Tracked};
 use crate::http::deadline::{ServedBody, TimedBody};
 
+use crate::app::App;
 use crate::auth::LoginGuard;
 use crate::bus::local::LocalBus;
 use crate::bus::{EventHandler, SharedBus};
@@ -38,35 +38,6 @@ const DRAIN_FOR: Duration = Duration::from_secs(3);
 /// The longest a stopping instance waits for its background jobs (a
 /// retention delete under way, the presence goodbye).
 const JOBS_WITHIN: Duration = Duration::from_secs(10);
-
-/// Everything a request handler needs, cheap to clone.
-#[derive(Clone)]
-pub struct App {
-    pub config: Arc<Config>,
-    pub db: Db,
-    /// Writes "handed to the bus" marks in shared transactions.
-    pub marks: PublishMarks,
-    pub bus: SharedBus,
-    pub hub: Arc<Hub>,
-    /// Failed sign-ins per client address (tablet API, admin, STOMP).
-    pub logins: Arc<LoginGuard>,
-    pub metrics: PrometheusHandle,
-    /// Cancelled when the instance starts to stop.
-    pub shutdown: CancellationToken,
-    /// This instance as the cluster's presence and trails name it.
-    pub identity: Arc<crate::presence::Identity>,
-    /// This instance's part of calls' delivery trails.
-    pub trail: Arc<crate::trail::Trail>,
-    /// The SockJS HTTP-transport sessions of tablets on this instance.
-    pub sockjs: Arc<crate::sockjs::session::Registry>,
-}
-
-impl App {
-    /// How client addresses are grouped for per-address caps.
-    pub fn address_group(&self) -> crate::http::client_ip::AddressGroup {
-        crate::http::client_ip::AddressGroup::new(self.config.server.ipv6_prefix)
-    }
-}
 
 /// A running instance.
 pub struct Server {
@@ -181,7 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         identity: identity.clone(),
         trail,
         sockjs: Arc::new(crate::sockjs::session::Registry::new(
-            crate::http::client_ip::AddressGroup::new(config.server.ipv6_prefix),
+            crate::address::AddressGroup::new(config.server.ipv6_prefix),
         )),
     };
 
@@ -232,7 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let main = Listener {
         name: "main",
         limits: Limits::new(max_connections, config.server.max_pending_per_address),
-        router: crate::http::router(app.clone()),
+        router: main_routes(&app),
         timeouts,
     };
     // Listeners keep accepting while the instance drains, so a polling
@@ -309,6 +280,18 @@ async fn settle(within: Duration, busy: impl Fn() -> bool) {
     while busy() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The routes of `server.listen`: the HTTP API, pages and `/ws`, and the
+/// SockJS endpoint beside them when `compat.sockjs_path` is set; every
+/// answer carries the security headers.
+fn main_routes(app: &App) -> Router {
+    let mut routes = crate::http::router(app.clone());
+    let sockjs_path = &app.config.compat.sockjs_path;
+    if !sockjs_path.is_empty() {
+        routes = routes.merge(crate::sockjs::router(app.clone(), sockjs_path));
+    }
+    crate::http::with_security_headers(routes)
 }
 
 /// One listening socket: its routes, caps and timeouts.
@@ -591,16 +574,6 @@ pub fn without_password(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(None);
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
             u.to_string()
         }
         _ => url.to_string(),

@@ -1022,7 +1022,7 @@ impl Inner {
     async fn retry(self: Arc<Self>, acker: lapin::Acker, event: CallEvent) {
         let mut delay = self.config.retry_initial_interval;
         for attempt in 2..=self.config.retry_max_attempts {
-            if Utc::now() + crate::config::to_chrono(delay) >= event.expires_at {
+            if Utc::now() + crate::call::to_chrono(delay) >= event.expires_at {
                 break;
             }
             tokio::select! {

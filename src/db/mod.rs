@@ -27,9 +27,17 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// How long a request waits for a database connection before it is answered
 /// `503` (the provider then retries).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections to PostgreSQL per instance, unless `database.pool_size`
-/// says otherwise.
-pub const PG_POOL_SIZE: u32 = 16;
+
+/// `url` with its password shown as `***`, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// A connection pool to one of the two supported databases.
 #[derive(Clone, Debug)]
@@ -154,7 +162,7 @@ impl CallRow {
             answered_at: self.answered_at.map(from_millis),
             ended_at: self.ended_at.map(from_millis),
             published_at: at,
-            expires_at: at + crate::config::to_chrono(ttl),
+            expires_at: at + crate::call::to_chrono(ttl),
             published_us: None,
         }
     }
@@ -270,7 +278,7 @@ const CALL_COLUMNS: &str = "seq, store, status, started_at, answered_at, ended_a
 impl Db {
     /// Opens a pool for `url` (`sqlite:` creates the file when missing).
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_sized(url, PG_POOL_SIZE).await
+        Self::connect_sized(url, crate::config::PG_POOL_SIZE).await
     }
 
     /// Opens a pool for `url` holding at most `pool_size` connections on
@@ -302,7 +310,7 @@ impl Db {
             let opts = PgConnectOptions::from_str(url)?;
             let at = format!("{}:{}", opts.get_host(), opts.get_port());
             let other = |source| OpenError::Other {
-                url: crate::server::redact_url(url),
+                url: redact_url(url),
                 source,
             };
             match tokio::time::timeout(

@@ -20,11 +20,11 @@ use super::api::call_json;
 use super::auth::Admin;
 use super::body::{media_type, read_limited};
 use super::error::ApiError;
+use crate::app::App;
 use crate::call::{kst_offset, to_utc_millis_string, CallStatus};
 use crate::cdr::normalize_number;
 use crate::db::{from_millis, CallFilter, DbError, TrailRow};
 use crate::presence::alive_since;
-use crate::server::App;
 use crate::store_import::valid_slug;
 
 type ApiResult = Result<Response, ApiError>;

@@ -15,9 +15,9 @@ use super::auth::{Bearer, Tablet};
 use super::body::{media_type, read_limited};
 use super::client_ip::ClientAddr;
 use super::error::ApiError;
+use crate::app::App;
 use crate::call::{kst_offset, to_kst_string, to_utc_millis_string};
 use crate::db::{from_millis, CallRow, NewReservation, Reservation};
-use crate::server::App;
 
 type ApiResult = Result<Response, ApiError>;
 

@@ -7,9 +7,9 @@ use axum::http::{header, HeaderMap};
 
 use super::client_ip::ClientAddr;
 use super::error::ApiError;
+use crate::app::App;
 use crate::auth::{bearer_token, Surface};
 use crate::db::TokenInfo;
-use crate::server::App;
 use crate::token;
 
 /// The token of `Authorization: Bearer <token>` (any case of the scheme),

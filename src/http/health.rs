@@ -5,7 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::server::App;
+use crate::app::App;
 
 /// 200 while the process runs.
 pub async fn healthz() -> &'static str {

@@ -17,17 +17,13 @@ pub mod ws;
 use axum::routing::{get, on, MethodFilter};
 use axum::Router;
 
-use crate::server::App;
+use crate::app::App;
 
+/// The routes of `server.listen` (the server merges SockJS beside them and
+/// then adds `security_headers` over both).
 pub fn router(app: App) -> Router {
     let webhook_path = app.config.webhook.path.clone();
     let stomp_path = app.config.stomp.path.clone();
-    let sockjs_path = app.config.compat.sockjs_path.clone();
-    let sockjs = if sockjs_path.is_empty() {
-        Router::new()
-    } else {
-        crate::sockjs::router(app.clone(), &sockjs_path)
-    };
     Router::new()
         .route(
             &webhook_path,
@@ -58,9 +54,12 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .with_state(app)
-        .merge(sockjs)
-        // After the merge: SockJS answers and the 404 fallback carry them too.
-        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// `router` with every answer (the 404 fallback included) carrying the
+/// security headers.
+pub fn with_security_headers(router: Router) -> Router {
+    router.layer(axum::middleware::map_response(security_headers))
 }
 
 /// The admin API (docs/http-api.md, "Admin endpoints").

@@ -2,7 +2,7 @@
 //! parsing; the CDR is then accepted by `intake`, and its outcome answered.
 
 use crate::log_budget::LogBudget;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -10,10 +10,10 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::body::{media_type, read_limited};
+use crate::app::App;
 use crate::cdr::{Cdr, FieldError, Params};
 use crate::intake::{self, Outcome};
 use crate::metrics as m;
-use crate::server::App;
 use crate::token;
 
 pub use super::body::MAX_BODY;
@@ -37,7 +37,8 @@ pub async fn cdr(
     body: Body,
 ) -> Response {
     let query = uri.query().unwrap_or("");
-    let client = client_address(&app, peer.ip(), &headers);
+    let client =
+        super::client_ip::client_address(&app.config.server.trusted_proxies, peer.ip(), &headers);
 
     if !app.config.webhook.allow_from.is_empty()
         && !app
@@ -166,10 +167,4 @@ fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
-}
-
-/// The client's address: the socket peer, or the right-most
-/// `X-Forwarded-For` hop that is not a trusted proxy (see `client_ip`).
-pub fn client_address(app: &App, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    super::client_ip::client_address(&app.config.server.trusted_proxies, peer, headers)
 }

@@ -12,7 +12,7 @@ use axum::Extension;
 
 use super::client_ip::ClientAddr;
 use super::conn::Conn;
-use crate::server::App;
+use crate::app::App;
 use crate::stomp::close::Close;
 use crate::stomp::connection::{self, Inbound, Transport};
 use crate::stomp::frame::Version;

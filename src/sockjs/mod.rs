@@ -32,8 +32,8 @@ use chrono::Utc;
 use self::frame::Close;
 pub use self::session::Service;
 use self::session::{Attach, Next, ReceiverGuard, Refused, Registry, STREAMING_LIMIT};
+use crate::app::App;
 use crate::http::conn::Conn;
-use crate::server::App;
 use crate::stomp::session::Handshake;
 
 /// Largest `xhr_send` body: a STOMP frame of `stomp.max_frame` escaped by
@@ -322,14 +322,18 @@ async fn transport(
             .and_then(crate::auth::bearer_token)
             .map(str::to_string),
         origin: origin(&headers).map(str::to_string),
-        client: Some(crate::http::webhook::client_address(
-            &s.app,
+        client: Some(crate::http::client_ip::client_address(
+            &s.app.config.server.trusted_proxies,
             peer.ip(),
             &headers,
         )),
         logins: Some(s.app.logins.clone()),
     };
-    let client = crate::http::webhook::client_address(&s.app, peer.ip(), &headers);
+    let client = crate::http::client_ip::client_address(
+        &s.app.config.server.trusted_proxies,
+        peer.ip(),
+        &headers,
+    );
     match (kind, method) {
         (Kind::WebSocket, _) if !s.websocket => not_found(),
         (Kind::WebSocket, Method::GET) => {

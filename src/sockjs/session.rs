@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Close};
-use crate::server::App;
+use crate::app::App;
 use crate::stomp::connection::{self, Inbound, Transport};
 use crate::stomp::session::Handshake;
 
@@ -47,7 +47,7 @@ const RECEIVER_GRACE: Duration = Duration::from_millis(250);
 pub struct Registry {
     sessions: Mutex<Sessions>,
     /// How client addresses are grouped for the per-address cap.
-    group: crate::http::client_ip::AddressGroup,
+    group: crate::address::AddressGroup,
 }
 
 /// The sessions, and how many each address group holds (kept as sessions
@@ -104,7 +104,7 @@ pub enum Refused {
 }
 
 impl Registry {
-    pub fn new(group: crate::http::client_ip::AddressGroup) -> Self {
+    pub fn new(group: crate::address::AddressGroup) -> Self {
         Registry {
             sessions: Mutex::new(Sessions::default()),
             group,

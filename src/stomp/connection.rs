@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::close::Close;
 use super::frame::{Command, Decoder, Frame, Item, Version};
 use super::session::{error_frame, Handshake, Session};
+use crate::app::App;
 use crate::hub::Tablet;
-use crate::server::App;
 
 /// A client must send CONNECT within this long.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);

@@ -1,0 +1,42 @@
+//! What request handlers share: the parts of a running instance, cheap to
+//! clone. Below the routes, above the components it holds.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::LoginGuard;
+use crate::bus::SharedBus;
+use crate::config::Config;
+use crate::db::{Db, PublishMarks};
+use crate::hub::Hub;
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub db: Db,
+    /// Writes "handed to the bus" marks in shared transactions.
+    pub marks: PublishMarks,
+    pub bus: SharedBus,
+    pub hub: Arc<Hub>,
+    /// Failed sign-ins per client address (tablet API, admin, STOMP).
+    pub logins: Arc<LoginGuard>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the instance starts to stop.
+    pub shutdown: CancellationToken,
+    /// This instance as the cluster's presence and trails name it.
+    pub identity: Arc<crate::presence::Identity>,
+    /// This instance's part of calls' delivery trails.
+    pub trail: Arc<crate::trail::Trail>,
+    /// The SockJS HTTP-transport sessions of tablets on this instance.
+    pub sockjs: Arc<crate::sockjs::session::Registry>,
+}
+
+impl App {
+    /// How client addresses are grouped for per-address caps.
+    pub fn address_group(&self) -> crate::address::AddressGroup {
+        crate::address::AddressGroup::new(self.config.server.ipv6_prefix)
+    }
+}
