@@ -1,8 +1,32 @@
-# Sourced by scripts/test and scripts/bench: install what is missing
-# (Debian packages), start RabbitMQ when it is not running, and find or start
-# a PostgreSQL the tests may use (ensure_test_pg).
+# Sourced by scripts/test, scripts/bench, scripts/package and
+# scripts/readme-smoke: install what is missing (Debian packages), start
+# RabbitMQ when it is not running, and find or start a PostgreSQL the tests
+# may use (ensure_test_pg).
+#
+# Clean-up at exit: a script that sources this file sets no EXIT trap of its
+# own; it adds its clean-up with `on_exit <command>`, as start_throwaway_pg
+# does. One EXIT trap runs every command added, the last added first. A
+# clean-up command must not call `exit` (that would skip the ones after it).
 
 say() { printf '==> %s\n' "$*" >&2; }
+
+ON_EXIT=()
+on_exit() {
+    ON_EXIT+=("$1")
+    trap run_on_exit EXIT
+}
+
+# The EXIT trap. Each command sees the script's exit status in $?, a failing
+# one does not keep the others from running, and the script exits with its
+# own status.
+run_on_exit() {
+    local status=$? i
+    for ((i = ${#ON_EXIT[@]} - 1; i >= 0; i--)); do
+        { (exit "$status"); eval "${ON_EXIT[i]}"; } || true
+    done
+    ON_EXIT=()
+    exit "$status"
+}
 
 apt_install() {
     if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -78,7 +102,7 @@ start_throwaway_pg() {
         -o "-p $port -k $THROWAWAY_PG -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
         start >/dev/null || { cat "$THROWAWAY_PG/server.log" >&2; exit 1; }
     PG_CTL="$bindir/pg_ctl"
-    trap stop_throwaway_pg EXIT
+    on_exit stop_throwaway_pg
     export BIZCALL_TEST_PG="postgres://postgres@127.0.0.1:$port/postgres"
     say "throwaway PostgreSQL at $BIZCALL_TEST_PG ($THROWAWAY_PG)"
 }
