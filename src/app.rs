@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::LoginGuard;
 use crate::bus::SharedBus;
 use crate::config::Config;
-use crate::db::{Db, PublishMarks};
+use crate::db::Db;
 use crate::hub::Hub;
 
 /// Everything a request handler needs, cheap to clone.
@@ -17,10 +17,10 @@ use crate::hub::Hub;
 pub struct App {
     pub config: Arc<Config>,
     pub db: Db,
-    /// Writes "handed to the bus" marks in shared transactions.
-    pub marks: PublishMarks,
     pub bus: SharedBus,
     pub hub: Arc<Hub>,
+    /// The bus's event handler: dedupe, ACK waiters, catch-up, ACKs.
+    pub delivery: Arc<crate::delivery::Delivery>,
     /// Failed sign-ins per client address (tablet API, admin, STOMP).
     pub logins: Arc<LoginGuard>,
     pub metrics: PrometheusHandle,
@@ -28,10 +28,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// This instance as the cluster's presence and trails name it.
     pub identity: Arc<crate::presence::Identity>,
-    /// This instance's part of calls' delivery trails.
-    pub trail: Arc<crate::trail::Trail>,
-    /// The SockJS HTTP-transport sessions of tablets on this instance.
-    pub sockjs: Arc<crate::sockjs::session::Registry>,
+    /// The CDR use case: store, publish, mark, trail.
+    pub intake: crate::intake::Intake,
 }
 
 impl App {

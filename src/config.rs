@@ -431,6 +431,15 @@ pub struct LogConfig {
 pub struct ConfigError(String);
 
 impl Config {
+    /// How this instance's bus delivers events: `local`, `fanout` or
+    /// `store` (instances of different modes do not see each other).
+    pub fn bus_mode(&self) -> &'static str {
+        match self.bus.kind {
+            BusKind::Local => "local",
+            BusKind::Amqp => self.amqp.routing.as_str(),
+        }
+    }
+
     /// Whether anybody may post CDRs: neither `webhook.key` nor
     /// `webhook.allow_from` is set.
     pub fn webhook_is_open(&self) -> bool {

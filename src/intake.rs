@@ -2,10 +2,13 @@
 //! changed to the bus, and record that it got there. The webhook turns the
 //! outcome into an HTTP answer; tests and tools call it directly.
 
-use crate::app::App;
+use std::sync::Arc;
+
+use crate::bus::SharedBus;
 use crate::call::mask_number;
 use crate::cdr::Cdr;
-use crate::db::{CallRow, Conflict, DbError, Upsert};
+use crate::config::Config;
+use crate::db::{CallRow, Conflict, Db, DbError, PublishMarks, Upsert};
 use crate::metrics as m;
 
 /// What accepting one CDR did.
@@ -26,11 +29,23 @@ pub enum Outcome {
     Unavailable(DbError),
 }
 
+/// What the CDR use case needs of the instance.
+#[derive(Clone)]
+pub struct Intake {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub bus: SharedBus,
+    /// Writes "handed to the bus" marks in shared transactions.
+    pub marks: PublishMarks,
+    /// This instance's part of calls' delivery trails.
+    pub trail: Arc<crate::trail::Trail>,
+}
+
 /// The upsert, tried again on another connection while the one it got
 /// turns out to be dead (after the database went away and came back, every
 /// idle connection of the pool is). Each such failure is immediate, and the
 /// upsert is idempotent: a try whose answer was lost reads as a repeat.
-async fn store(app: &App, cdr: &Cdr) -> Result<Upsert, DbError> {
+async fn store(app: &Intake, cdr: &Cdr) -> Result<Upsert, DbError> {
     let mut tries = 1;
     loop {
         match app.db.upsert_call(cdr).await {
@@ -44,7 +59,7 @@ async fn store(app: &App, cdr: &Cdr) -> Result<Upsert, DbError> {
 }
 
 /// Stores `cdr` and publishes what changed.
-pub async fn accept(app: &App, cdr: &Cdr) -> Outcome {
+pub async fn accept(app: &Intake, cdr: &Cdr) -> Outcome {
     let row = match store(app, cdr).await {
         Ok(Upsert::Changed(row)) => row,
         Ok(Upsert::Unchanged) => {
@@ -92,7 +107,7 @@ pub async fn accept(app: &App, cdr: &Cdr) -> Outcome {
 
 /// A repeat publishes nothing, unless the change it repeats was never
 /// handed to the bus: then it is published now, while still inside its TTL.
-async fn republish_if_unpublished(app: &App, cdr: &Cdr) {
+async fn republish_if_unpublished(app: &Intake, cdr: &Cdr) {
     let ttl = app.config.bus.ttl();
     match app.db.unpublished(&cdr.seq, chrono::Utc::now() - ttl).await {
         Ok(Some(row)) => {
@@ -107,7 +122,7 @@ async fn republish_if_unpublished(app: &App, cdr: &Cdr) {
 }
 
 /// Publishes a stored change and records that it reached the bus.
-async fn publish(app: &App, row: &CallRow) {
+async fn publish(app: &Intake, row: &CallRow) {
     let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
     match app.bus.publish(&event).await {
         Ok(()) => {

@@ -12,6 +12,8 @@
 //! - [`auth`]: the bearer scheme and the guard against guessing tokens.
 //! - [`token`]: tablet tokens, hashed at rest, compared in constant time.
 //! - [`bus`]: the `Bus` contract, an in-process bus and RabbitMQ.
+//! - [`delivery`]: the bus's event handler: dedupe, expiry, ACK waiters,
+//!   catch-up after a bus gap, and the ACK use case.
 //! - [`hub`]: the tablets connected to this instance, by store.
 //! - [`presence`]: tablets online across the cluster, heart-beaten per instance.
 //! - [`trail`]: each call's delivery trail, one batched row per instance.
@@ -35,6 +37,7 @@ pub mod call;
 pub mod cdr;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod http;
 pub mod hub;
 pub mod intake;

@@ -13,8 +13,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::App;
-use crate::db::{now_millis, InstanceRow, PresenceKey};
+use crate::config::Config;
+use crate::db::Db;
+use crate::db::{now_millis, InstanceRow};
+use crate::hub::Hub;
+use crate::hub::PresenceKey;
+use tokio_util::sync::CancellationToken;
 
 /// How often an instance writes its heart-beat when nothing changes.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -63,13 +67,18 @@ pub fn alive_since() -> i64 {
 /// removes them. The hub counts tablets as they come and go and keeps
 /// which counts changed, so each round writes only those, without a copy
 /// of every tablet's row (BENCHMARKS.md, "Memory per tablet").
-pub async fn run(app: App) {
-    let me = app.identity.clone();
+pub async fn run(
+    config: Arc<Config>,
+    db: Db,
+    hub: Arc<Hub>,
+    me: Arc<Identity>,
+    shutdown: CancellationToken,
+) {
     let mut last_beat: Option<Instant> = None;
     let mut last_seen = Instant::now();
     let mut forgot = Instant::now();
     loop {
-        let changes = app.hub.presence_changes();
+        let changes = hub.presence_changes();
         let due = last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT);
         if !changes.is_empty() || due {
             let (set, gone): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(_, n)| *n > 0);
@@ -83,7 +92,7 @@ pub async fn run(app: App) {
                 .map(|k| k.token_id.clone())
                 .collect();
             if last_seen.elapsed() >= SEEN_EVERY {
-                seen.extend(app.hub.presence_tokens());
+                seen.extend(hub.presence_tokens());
                 last_seen = Instant::now();
             }
             seen.remove("");
@@ -93,29 +102,28 @@ pub async fn run(app: App) {
                 name: me.name.clone(),
                 started_at: me.started_at,
                 heartbeat_at: now_millis(),
-                bus: Some(crate::server::bus_mode(&app.config).into()),
+                bus: Some(config.bus_mode().into()),
             };
-            match app.db.presence_beat(&row, &set, &gone, &seen).await {
+            match db.presence_beat(&row, &set, &gone, &seen).await {
                 Ok(()) => last_beat = Some(Instant::now()),
                 Err(e) => {
                     tracing::warn!(error = %e, "presence heart-beat failed; will retry");
-                    app.hub
-                        .presence_unwritten(set.into_iter().map(|(k, _)| k).chain(gone));
+                    hub.presence_unwritten(set.into_iter().map(|(k, _)| k).chain(gone));
                 }
             }
         }
         if forgot.elapsed() >= HEARTBEAT * 12 {
             forgot = Instant::now();
-            if let Err(e) = app.db.instances_prune(now_millis() - FORGET_AFTER_MS).await {
+            if let Err(e) = db.instances_prune(now_millis() - FORGET_AFTER_MS).await {
                 tracing::debug!(error = %e, "could not prune old instances");
             }
         }
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
     }
-    match app.db.instance_leave(&me.id).await {
+    match db.instance_leave(&me.id).await {
         Ok(()) => tracing::debug!(instance = %me.id, "presence removed"),
         Err(e) => tracing::warn!(error = %e, "could not remove this instance's presence"),
     }

@@ -28,6 +28,7 @@ use crate::bus::local::LocalBus;
 use crate::bus::{EventHandler, SharedBus};
 use crate::config::{BusKind, Config};
 use crate::db::{Db, PublishMarks};
+use crate::delivery::Delivery;
 use crate::hub::Hub;
 
 /// How often the retention job looks for old calls.
@@ -45,6 +46,8 @@ pub struct Server {
     /// Where `webhook.listen` bound, when set.
     pub webhook_addr: Option<SocketAddr>,
     pub app: App,
+    /// The SockJS HTTP-transport sessions of tablets on this instance.
+    pub sockjs: Arc<crate::sockjs::session::Registry>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -120,15 +123,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     db.migrate().await?;
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
-    let hub = Arc::new(Hub::new(config.clone(), db.clone()));
+    let hub = Arc::new(Hub::new(config.clone()));
+    // Background jobs, waited for on stop before the bus and the database
+    // close (handled events being published are among them).
+    let jobs = TaskTracker::new();
+    let delivery = Arc::new(Delivery::new(
+        config.clone(),
+        db.clone(),
+        hub.clone(),
+        jobs.clone(),
+    ));
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
     let identity = Arc::new(crate::presence::Identity::new(addr.port()));
     let trail = crate::trail::Trail::start(db.clone(), identity.id.clone(), shutdown.clone());
-    hub.attach_trail(trail.clone());
-    let handler: Arc<dyn EventHandler> = hub.clone();
+    delivery.attach_trail(trail.clone());
+    let handler: Arc<dyn EventHandler> = delivery.clone();
     if config.bus.kind == BusKind::Amqp {
         same_routing_as_live_instances(&db, &config).await?;
     }
@@ -136,13 +148,23 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         BusKind::Local => Arc::new(LocalBus::start(handler)),
         BusKind::Amqp => crate::bus::amqp::AmqpBus::start(&config, handler).await?,
     };
-    hub.attach_bus(&bus);
+    delivery.attach_bus(&bus);
+    // Store-routed delivery binds a store while it has tablets here.
+    let follows = Arc::downgrade(&bus);
+    hub.on_interest(move |change| {
+        if let Some(bus) = follows.upgrade() {
+            bus.interest(match change {
+                crate::hub::Interest::Follow(s) => crate::bus::Interest::Follow(s),
+                crate::hub::Interest::Unfollow(s) => crate::bus::Interest::Unfollow(s),
+            });
+        }
+    });
     let app = App {
         config: config.clone(),
         db: db.clone(),
-        marks: PublishMarks::start(db.clone()),
-        bus,
+        bus: bus.clone(),
         hub,
+        delivery,
         logins: Arc::new(LoginGuard::new(
             config.server.auth_fail_limit,
             config.server.auth_fail_window,
@@ -150,11 +172,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         metrics,
         shutdown: shutdown.clone(),
         identity: identity.clone(),
-        trail,
-        sockjs: Arc::new(crate::sockjs::session::Registry::new(
-            crate::address::AddressGroup::new(config.server.ipv6_prefix),
-        )),
+        intake: crate::intake::Intake {
+            config: config.clone(),
+            db: db.clone(),
+            bus: bus.clone(),
+            marks: PublishMarks::start(db.clone()),
+            trail: trail.clone(),
+        },
     };
+    // The SockJS HTTP-transport sessions of tablets on this instance (a
+    // stopping instance waits for them).
+    let sockjs = Arc::new(crate::sockjs::session::Registry::new(
+        crate::address::AddressGroup::new(config.server.ipv6_prefix),
+    ));
+    let served_sessions = sockjs.clone();
 
     let webhook_listener = match config.webhook.listen {
         Some(at) => Some(
@@ -183,16 +214,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         describe_bus(&config),
     );
 
-    // Background jobs, waited for on stop before the database closes.
-    let jobs = TaskTracker::new();
     jobs.spawn(retention(app.clone()));
     jobs.spawn(revocation(app.clone()));
-    jobs.spawn(crate::presence::run(app.clone()));
+    jobs.spawn(crate::presence::run(
+        config.clone(),
+        db.clone(),
+        app.hub.clone(),
+        app.identity.clone(),
+        shutdown.clone(),
+    ));
     // On stop, every tablet is told to reconnect (to another instance).
     let closing = app.clone();
     jobs.spawn(async move {
         closing.shutdown.cancelled().await;
-        closing.hub.close_all("server restart").await;
+        closing.hub.close_all();
     });
 
     let timeouts = Timeouts {
@@ -203,7 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let main = Listener {
         name: "main",
         limits: Limits::new(max_connections, config.server.max_pending_per_address),
-        router: main_routes(&app),
+        router: main_routes(&app, &sockjs),
         timeouts,
     };
     // Listeners keep accepting while the instance drains, so a polling
@@ -238,8 +273,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         // under way a moment to finish.
         let busy = || {
             served.hub.counts().0 > 0
-                || served.sockjs.undelivered() > 0
-                || served.sockjs.running() > 0
+                || sockjs.undelivered() > 0
+                || sockjs.running() > 0
                 || limits.requests() > 0
                 || webhook.as_ref().is_some_and(|(_, l)| l.requests() > 0)
         };
@@ -260,7 +295,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 "background jobs still running {JOBS_WITHIN:?} after the stop; stopping anyway"
             );
         }
-        served.trail.flush().await;
+        trail.flush().await;
         served.bus.shutdown().await;
         served.db.close().await;
         tracing::info!("bizcall stopped");
@@ -270,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         addr,
         webhook_addr,
         app,
+        sockjs: served_sessions,
         task,
     })
 }
@@ -285,11 +321,15 @@ async fn settle(within: Duration, busy: impl Fn() -> bool) {
 /// The routes of `server.listen`: the HTTP API, pages and `/ws`, and the
 /// SockJS endpoint beside them when `compat.sockjs_path` is set; every
 /// answer carries the security headers.
-fn main_routes(app: &App) -> Router {
+fn main_routes(app: &App, sockjs: &Arc<crate::sockjs::session::Registry>) -> Router {
     let mut routes = crate::http::router(app.clone());
     let sockjs_path = &app.config.compat.sockjs_path;
     if !sockjs_path.is_empty() {
-        routes = routes.merge(crate::sockjs::router(app.clone(), sockjs_path));
+        routes = routes.merge(crate::sockjs::router(
+            app.clone(),
+            sockjs_path,
+            sockjs.clone(),
+        ));
     }
     crate::http::with_security_headers(routes)
 }
@@ -509,19 +549,11 @@ async fn revocation(app: App) {
     }
 }
 
-/// How this instance's bus delivers, as the `instances` table records it.
-pub fn bus_mode(config: &Config) -> &'static str {
-    match config.bus.kind {
-        BusKind::Local => "local",
-        BusKind::Amqp => config.amqp.routing.as_str(),
-    }
-}
-
 /// Fanout and store-routed instances do not see each other's events
 /// (docs/rabbitmq.md, "Store-routed delivery"): an instance whose
 /// `amqp.routing` differs from a live instance's refuses to start.
 async fn same_routing_as_live_instances(db: &Db, config: &Config) -> anyhow::Result<()> {
-    let mine = bus_mode(config);
+    let mine = config.bus_mode();
     let live = match db.instances_alive(crate::presence::alive_since()).await {
         Ok(live) => live,
         Err(e) => {

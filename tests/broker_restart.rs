@@ -30,7 +30,7 @@ async fn cdrs_survive_connection_loss_and_a_broker_restart() {
     // Record when each event reaches the hub, against its expiry.
     let late: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut events = app.hub.watch();
+    let mut events = app.delivery.watch();
     let (late2, seen2) = (late.clone(), seen.clone());
     tokio::spawn(async move {
         while let Ok(ev) = events.recv().await {

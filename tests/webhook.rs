@@ -33,7 +33,7 @@ async fn setup(backend: Backend, tweak: impl FnOnce(&mut bizcall::config::Config
     tweak(&mut config);
     let server = common::start(config).await;
     let url = format!("{}/bizcall/cdr", common::base(server.addr));
-    let events = server.app.hub.watch();
+    let events = server.app.delivery.watch();
     Ctx {
         db,
         server,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 
 use super::{millis, CallRow, Db, DbError, Result, Store, CALL_COLUMNS};
+use crate::hub::PresenceKey;
 
 /// A running (or recently running) instance, as the presence table has it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -18,14 +19,6 @@ pub struct InstanceRow {
     /// How its bus delivers: `local`, `fanout` or `store` (`None` from a
     /// bizcall older than this column).
     pub bus: Option<String>,
-}
-
-/// Tablets connected to one instance under one store and token (`""` for
-/// anonymous tablets).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PresenceKey {
-    pub store: std::sync::Arc<str>,
-    pub token_id: std::sync::Arc<str>,
 }
 
 /// Tablets online across the cluster for one store.

@@ -17,7 +17,7 @@ use crate::token;
 
 mod marks;
 pub use console::{
-    now_millis, CallFilter, InstanceRow, Online, PresenceKey, StoreFootprint, TokenRow, TrailRow,
+    now_millis, CallFilter, InstanceRow, Online, StoreFootprint, TokenRow, TrailRow,
 };
 pub use marks::PublishMarks;
 

@@ -634,7 +634,7 @@ pub async fn events(State(app): State<App>, _admin: Admin) -> ApiResult {
     let mut tick = tokio::time::interval(PRESENCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let live = Live {
-        calls: app.hub.watch(),
+        calls: app.delivery.watch(),
         app,
         last: None,
         tick,

@@ -135,7 +135,7 @@ fn bad_request(e: &FieldError) -> Response {
 
 /// Accepts the CDR and answers how it went.
 async fn ingest(app: &App, cdr: &Cdr) -> Response {
-    match intake::accept(app, cdr).await {
+    match intake::accept(&app.intake, cdr).await {
         Outcome::Stored(_) | Outcome::Unmatched(_) => {
             m::cdr_received("stored");
             text(StatusCode::OK, "OK")

@@ -107,14 +107,19 @@ pub async fn upgrade(
     // its callback captured for the connection's whole life, so the
     // callback holds a pointer, not ~0.3 KB of fields (BENCHMARKS.md,
     // "Memory per tablet").
-    let setup = Box::new((app, conn, handshake));
+    let parts = connection::Parts {
+        hub: app.hub.clone(),
+        delivery: app.delivery.clone(),
+        stop: app.shutdown.clone(),
+    };
+    let setup = Box::new((parts, conn, handshake));
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            let (app, conn, mut handshake) = *setup;
+            let (parts, conn, mut handshake) = *setup;
             handshake.subprotocol = socket
                 .protocol()
                 .and_then(|p| p.to_str().ok())
@@ -125,7 +130,7 @@ pub async fn upgrade(
                     conn,
                     limit,
                 },
-                app,
+                parts,
                 handshake,
             )
         })

@@ -71,8 +71,17 @@ pub const PROTOCOL_TEST_ENV: &str = "BIZCALL_SOCKJS_PROTOCOL_TEST";
 
 /// The SockJS routes under `base` (`compat.sockjs_path`, not empty), and
 /// the protocol suite's services when `PROTOCOL_TEST_ENV` asks for them.
-pub fn router(app: App, base: &str) -> Router {
-    let mut router = mount(app.clone(), base, Service::Stomp, true, STREAMING_LIMIT);
+/// `sessions` holds the tablets' HTTP-transport sessions: the server keeps
+/// it too, and waits for them when it stops.
+pub fn router(app: App, base: &str, sessions: Arc<Registry>) -> Router {
+    let mut router = mount(
+        app.clone(),
+        base,
+        Service::Stomp,
+        true,
+        STREAMING_LIMIT,
+        Some(sessions),
+    );
     if std::env::var(PROTOCOL_TEST_ENV).as_deref() == Ok("1") {
         tracing::warn!("{PROTOCOL_TEST_ENV}=1: SockJS test services /echo, /close and /disabled_websocket_echo are mounted");
         // The suite expects a 4 KiB streaming limit on its services.
@@ -81,7 +90,7 @@ pub fn router(app: App, base: &str) -> Router {
             ("/close", Service::Close, true),
             ("/disabled_websocket_echo", Service::Echo, false),
         ] {
-            router = router.merge(mount(app.clone(), path, service, websocket, 4096));
+            router = router.merge(mount(app.clone(), path, service, websocket, 4096, None));
         }
     }
     router
@@ -93,10 +102,11 @@ fn mount(
     service: Service,
     websocket: bool,
     streaming_limit: usize,
+    sessions: Option<Arc<Registry>>,
 ) -> Router {
     // Tablets' sessions are the instance's, which waits for them on stop.
     let sessions = match service {
-        Service::Stomp => app.sockjs.clone(),
+        Service::Stomp => sessions.unwrap_or_else(|| Arc::new(Registry::new(app.address_group()))),
         _ => Arc::new(Registry::new(app.address_group())),
     };
     let state = SockJs {
@@ -382,6 +392,15 @@ enum Kind {
     Send,
 }
 
+/// What a tablet's STOMP connection needs of the instance.
+fn tablet_parts(app: &App) -> crate::stomp::connection::Parts {
+    crate::stomp::connection::Parts {
+        hub: app.hub.clone(),
+        delivery: app.delivery.clone(),
+        stop: app.shutdown.clone(),
+    }
+}
+
 fn websocket_session(
     ws: WebSocketUpgrade,
     app: App,
@@ -396,7 +415,8 @@ fn websocket_session(
             if let Some(transport) = websocket::SockJsWs::open(socket, conn).await {
                 match service {
                     Service::Stomp => {
-                        crate::stomp::connection::run(transport, app, handshake).await
+                        crate::stomp::connection::run(transport, tablet_parts(&app), handshake)
+                            .await
                     }
                     other => transport.serve_test(other).await,
                 }
@@ -422,29 +442,33 @@ async fn receive(
     handshake: Handshake,
     streaming: bool,
 ) -> Response {
-    let (session, new) = match s.sessions.open(id, client, &s.app, handshake, s.service) {
-        Ok(found) => found,
-        Err(why) => {
-            crate::metrics::connection_refused(match why {
-                Refused::TooManyFromAddress => "sockjs_sessions_per_address",
-                Refused::TooMany => "sockjs_sessions",
-            });
-            static LOG: crate::log_budget::LogBudget =
-                crate::log_budget::LogBudget::new("SockJS session refused");
-            if LOG.admit() {
-                tracing::warn!(%client, ?why, "SockJS session refused");
+    let (session, new) =
+        match s
+            .sessions
+            .open(id, client, tablet_parts(&s.app), handshake, s.service)
+        {
+            Ok(found) => found,
+            Err(why) => {
+                crate::metrics::connection_refused(match why {
+                    Refused::TooManyFromAddress => "sockjs_sessions_per_address",
+                    Refused::TooMany => "sockjs_sessions",
+                });
+                static LOG: crate::log_budget::LogBudget =
+                    crate::log_budget::LogBudget::new("SockJS session refused");
+                if LOG.admit() {
+                    tracing::warn!(%client, ?why, "SockJS session refused");
+                }
+                let mut r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    match why {
+                        Refused::TooManyFromAddress => "too many sessions from this address",
+                        Refused::TooMany => "too many sessions",
+                    },
+                );
+                cors(headers, &mut r);
+                return r;
             }
-            let mut r = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                match why {
-                    Refused::TooManyFromAddress => "too many sessions from this address",
-                    Refused::TooMany => "too many sessions",
-                },
-            );
-            cors(headers, &mut r);
-            return r;
-        }
-    };
+        };
     if session.peer != client {
         return not_found();
     }

@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Close};
-use crate::app::App;
 use crate::stomp::connection::{self, Inbound, Transport};
 use crate::stomp::session::Handshake;
 
@@ -155,7 +154,7 @@ impl Registry {
         self: &Arc<Self>,
         id: &str,
         peer: IpAddr,
-        app: &App,
+        parts: connection::Parts,
         handshake: Handshake,
         service: Service,
     ) -> Result<(Arc<XhrSession>, bool), Refused> {
@@ -199,11 +198,10 @@ impl Registry {
             registry: self.clone(),
             session: session.clone(),
         };
-        let app = app.clone();
         tokio::spawn(async move {
             let session = transport.session.clone();
             match service {
-                Service::Stomp => connection::run(transport, app, handshake).await,
+                Service::Stomp => connection::run(transport, parts, handshake).await,
                 Service::Echo => echo(transport).await,
                 Service::Close => {}
             }

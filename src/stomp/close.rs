@@ -227,6 +227,17 @@ impl Close {
     }
 }
 
+impl From<crate::hub::Kick> for Close {
+    fn from(kick: crate::hub::Kick) -> Self {
+        use crate::hub::Kick;
+        match kick {
+            Kick::SlowConsumer => Close::SlowConsumer,
+            Kick::Revoked => Close::Revoked,
+            Kick::ServerRestart => Close::ServerRestart,
+        }
+    }
+}
+
 impl fmt::Display for Close {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.message() {

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -14,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::close::Close;
 use super::frame::{Command, Decoder, Frame, Item, Version};
 use super::session::{error_frame, Handshake, Session};
-use crate::app::App;
+use crate::delivery::Delivery;
+use crate::hub::Hub;
 use crate::hub::Tablet;
 
 /// A client must send CONNECT within this long.
@@ -135,6 +137,15 @@ fn deadlines(
     (read, beat)
 }
 
+/// What a tablet's connection needs of its instance.
+#[derive(Clone)]
+pub struct Parts {
+    pub hub: Arc<Hub>,
+    pub delivery: Arc<Delivery>,
+    /// Cancelled when the instance starts to stop.
+    pub stop: CancellationToken,
+}
+
 /// Runs one tablet's STOMP session over `transport` until either side ends it.
 ///
 /// Not an `async fn`: such a function's future keeps its arguments apart
@@ -143,13 +154,16 @@ fn deadlines(
 /// built before the future, which holds it and the transport once.
 pub fn run<T: Transport>(
     mut transport: T,
-    app: App,
+    parts: Parts,
     handshake: Handshake,
 ) -> impl Future<Output = ()> + Send {
-    let mut session = Session::new(app.hub.clone(), app.bus.clone(), handshake);
-    let max_frame = app.config.stomp.max_frame;
-    let stop = app.shutdown.clone();
-    drop(app);
+    let Parts {
+        hub,
+        delivery,
+        stop,
+    } = parts;
+    let max_frame = hub.config().stomp.max_frame;
+    let mut session = Session::new(hub, delivery, handshake);
     async move {
         let opened = Instant::now();
         let mut last_in = Instant::now();
@@ -253,7 +267,7 @@ pub fn run<T: Transport>(
                             }
                         }
                         if let Some(reason) = closing {
-                            break 'conn reason;
+                            break 'conn Close::from(reason);
                         }
                     }
                     Wake::Timer => {

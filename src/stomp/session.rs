@@ -11,8 +11,8 @@ use chrono::Utc;
 use super::close::Close;
 use super::frame::{Command, Frame, Item, Version};
 use crate::auth::{bearer_token, Surface};
-use crate::bus::SharedBus;
-use crate::call::{EventKind, HandledEvent};
+use crate::call::EventKind;
+use crate::delivery::Delivery;
 use crate::hub::{AckKind, Hub, Prepared, Subscription, Tablet};
 use crate::metrics as m;
 
@@ -154,7 +154,7 @@ impl std::fmt::Display for SessionId {
 pub struct Session {
     hub: Arc<Hub>,
     /// Where this tablet's "I took it" goes to the store's other tablets.
-    bus: SharedBus,
+    delivery: Arc<Delivery>,
     /// The token's label: who took a call, as the other tablets see it.
     label: String,
     /// Until connected: then it is dropped, secret and all (and it costs
@@ -170,10 +170,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(hub: Arc<Hub>, bus: SharedBus, handshake: Handshake) -> Self {
+    pub fn new(hub: Arc<Hub>, delivery: Arc<Delivery>, handshake: Handshake) -> Self {
         Session {
             hub,
-            bus,
+            delivery,
             label: String::new(),
             handshake: Some(Box::new(handshake)),
             id: SessionId(uuid::Uuid::new_v4().as_u64_pair().into()),
@@ -290,7 +290,7 @@ impl Session {
             }
             return step;
         };
-        let info = match self.hub.db().token_verify(&token).await {
+        let info = match self.delivery.verify_token(&token).await {
             Ok(Some(info)) => info,
             Ok(None) => {
                 failed("unknown or revoked token");
@@ -394,7 +394,7 @@ impl Session {
                 if !legacy {
                     false
                 } else {
-                    match self.hub.db().store_anonymous(store).await {
+                    match self.delivery.store_takes_anonymous(store).await {
                         Ok(Some(true)) => true,
                         Ok(_) => {
                             tracing::warn!(destination, "token-less tablet asked for a store that is not opted in for tablets without a token");
@@ -505,45 +505,20 @@ impl Session {
             // Read-only: the bus may forget the message, but the call is not
             // marked acknowledged and no other tablet hears of it.
             for call in calls.into_iter().filter(|c| !c.is_empty()) {
-                self.hub.popup_acked(&call);
+                self.delivery.popup_acked(&call);
             }
             return Step::default();
         }
-        let by = &tablet.token_id[..];
         for call in calls.into_iter().filter(|c| !c.is_empty()) {
-            m::popup_acked();
-            match self.hub.db().acknowledge_call(&call, &store, by).await {
-                Ok(true) => {
-                    tracing::info!(call = %call, store = %store, token = %by, "popup acknowledged");
-                    tablet.took(&call);
-                    self.tell_handled(&call, &store);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(call = %call, error = %e, "could not store the acknowledgement")
-                }
+            if self
+                .delivery
+                .acknowledge(&call, &store, &tablet.token_id, &self.label)
+                .await
+            {
+                tablet.took(&call);
             }
-            self.hub.popup_acked(&call);
         }
         Step::default()
-    }
-
-    /// Publishes that this tablet took `call`, so the store's other
-    /// tablets, on every instance, close its popup. Off the session's
-    /// path: a broker that is away must not hold up the tablet.
-    fn tell_handled(&self, call: &str, store: &str) {
-        let ttl = self.hub.config().bus.message_ttl;
-        let by = match self.tablet.as_ref() {
-            Some(t) if t.anonymous => ANONYMOUS,
-            _ => self.label.as_str(),
-        };
-        let event = HandledEvent::new(call, store, by, Utc::now(), ttl);
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            if let Err(e) = bus.publish_handled(&event).await {
-                tracing::warn!(call = %event.call_id, error = %e, "handled event not published yet");
-            }
-        });
     }
 
     /// The MESSAGE frames for one popup, one per subscription; none when it
