@@ -185,7 +185,7 @@ async fn stores_and_numbers(backend: Backend) {
         (
             json!({"slug": "other", "name": "x", "numbers": ["0501111-2222"]}),
             409,
-            "slug",
+            "number",
         ),
         (json!({"slug": "Bad Slug", "name": "x"}), 422, "slug"),
         (json!({"slug": "-lead", "name": "x"}), 422, "slug"),

@@ -41,7 +41,7 @@ impl EventHandler for Recorder {
         let _ = self.seen.send((event, Instant::now()));
         match self.behaviour {
             Behaviour::Accept => Ok(Handled::Done),
-            Behaviour::Fail => Err(HandleError("test handler fails".into())),
+            Behaviour::Fail => Err(HandleError::Unavailable("test handler fails")),
             Behaviour::AwaitAck => {
                 let (tx, rx) = oneshot::channel();
                 self.acks.lock().unwrap().push(tx);

@@ -1116,12 +1116,9 @@ impl Inner {
                 m::confirmed();
                 Ok(())
             }
-            Ok(Ok(_)) => Err(BusError::NotConfirmed("broker nacked the message".into())),
-            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
-            Err(_) => Err(BusError::NotConfirmed(format!(
-                "no confirm within {}s",
-                CONFIRM_TIMEOUT.as_secs()
-            ))),
+            Ok(Ok(_)) => Err(BusError::Nacked),
+            Ok(Err(e)) => Err(BusError::Link(Box::new(e))),
+            Err(_) => Err(BusError::NoConfirm(CONFIRM_TIMEOUT)),
         }
     }
 
@@ -1183,7 +1180,7 @@ impl AmqpBus {
         let link = self.inner.link.read().await.clone();
         let result = match link {
             Some(link) => self.inner.publish_on(&link, event).await,
-            None => Err(BusError::Unavailable("RabbitMQ is reconnecting".into())),
+            None => Err(BusError::Reconnecting),
         };
         if result.is_err() {
             m::publish_failed();

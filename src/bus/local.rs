@@ -52,10 +52,7 @@ impl LocalBus {
 
 impl LocalBus {
     async fn send(&self, event: BusEvent) -> Result<(), BusError> {
-        self.tx
-            .send(event)
-            .await
-            .map_err(|_| BusError::Unavailable("local bus stopped".into()))?;
+        self.tx.send(event).await.map_err(|_| BusError::Stopped)?;
         m::published();
         Ok(())
     }

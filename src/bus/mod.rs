@@ -31,12 +31,22 @@ impl BusState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// The broker is not reachable now; the event waits in the outbox.
+    /// The in-process bus has stopped (the instance is stopping).
+    #[error("bus unavailable: the local bus has stopped")]
+    Stopped,
+    /// The broker link is being re-established; the event waits in the
+    /// outbox.
+    #[error("bus unavailable: RabbitMQ is reconnecting")]
+    Reconnecting,
+    /// The link failed while publishing; the event waits in the outbox.
     #[error("bus unavailable: {0}")]
-    Unavailable(String),
-    /// The broker did not confirm the message in time or refused it.
-    #[error("publish not confirmed: {0}")]
-    NotConfirmed(String),
+    Link(Box<dyn std::error::Error + Send + Sync>),
+    /// The broker refused the message.
+    #[error("publish not confirmed: the broker nacked the message")]
+    Nacked,
+    /// No confirm came in time.
+    #[error("publish not confirmed: no confirm within {} s", .0.as_secs())]
+    NoConfirm(std::time::Duration),
 }
 
 /// What became of an event handed to this instance's tablets.
@@ -49,8 +59,11 @@ pub enum Handled {
 
 /// The failure of one attempt to hand an event over (it may be retried).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct HandleError(pub String);
+pub enum HandleError {
+    /// A part the handler needs did not answer.
+    #[error("handler unavailable: {0}")]
+    Unavailable(&'static str),
+}
 
 /// Receives every event the bus delivers to this instance.
 #[async_trait]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 
-use super::{millis, CallRow, Db, DbError, Result, Store, CALL_COLUMNS};
+use super::{millis, CallRow, Db, Refusal, Result, Store, CALL_COLUMNS};
 use crate::hub::PresenceKey;
 
 /// A running (or recently running) instance, as the presence table has it.
@@ -430,10 +430,12 @@ impl Db {
         .await)?;
         match owner {
             Some(o) if o == slug => return Ok(()),
-            Some(o) => {
-                return Err(DbError::Invalid(format!(
-                    "number {number} is already registered to store {o}"
-                )))
+            Some(owner) => {
+                return Err(Refusal::NumberTaken {
+                    number: number.to_string(),
+                    owner,
+                }
+                .into())
             }
             None => {}
         }
@@ -446,12 +448,12 @@ impl Db {
         .await
         .map(|r| r.rows_affected()));
         match res {
-            Ok(0) => Err(DbError::Invalid(format!("no store {slug}"))),
+            Ok(0) => Err(Refusal::NoStore(slug.to_string()).into()),
             Ok(_) => Ok(()),
             // Lost a race for the number: name its owner.
-            Err(sqlx::Error::Database(_)) => Err(DbError::Invalid(format!(
-                "number {number} is already registered to another store"
-            ))),
+            Err(sqlx::Error::Database(_)) => {
+                Err(Refusal::NumberTakenMeanwhile(number.to_string()).into())
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -5,12 +5,14 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Db, DbError};
+use std::sync::Arc;
+
+use super::{BackgroundError, Db, DbError};
 
 /// Most marks written by one transaction.
 const BATCH: usize = 512;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), BackgroundError>>;
 
 /// A handle on the task that writes marks; cheap to clone.
 #[derive(Clone, Debug)]
@@ -34,11 +36,11 @@ impl PublishMarks {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(((seq.to_string(), updated_at), done))
-            .map_err(|_| DbError::Background("the mark writer has stopped".into()))?;
+            .map_err(|_| BackgroundError::Stopped)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(DbError::Background(e)),
-            Err(_) => Err(DbError::Background("the mark writer has stopped".into())),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BackgroundError::Stopped.into()),
         }
     }
 }
@@ -47,10 +49,11 @@ async fn write_marks(target: Db, mut rx: mpsc::UnboundedReceiver<((String, i64),
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let (marks, waiters): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let result = target
-            .mark_published(&marks)
-            .await
-            .map_err(|e| e.to_string());
+        let result = target.mark_published(&marks).await.map_err(|e| match e {
+            DbError::Sql(e) => BackgroundError::Failed(Arc::new(e)),
+            DbError::Background(e) => e,
+            other => BackgroundError::Failed(Arc::new(sqlx::Error::Protocol(other.to_string()))),
+        });
         for w in waiters {
             let _ = w.send(result.clone());
         }

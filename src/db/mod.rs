@@ -68,12 +68,12 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A request the caller can correct (duplicate slug, unknown store…).
+    /// A request the data does not allow; the caller can correct it.
     #[error("{0}")]
-    Invalid(String),
-    /// A failure reported by a background writer (see `marks`).
+    Refused(#[from] Refusal),
+    /// The mark writer (see `marks`) failed or stopped.
     #[error("database: {0}")]
-    Background(String),
+    Background(#[from] BackgroundError),
     /// The database could not be opened at all.
     #[error("database: {0}")]
     Open(#[from] OpenError),
@@ -88,6 +88,40 @@ impl DbError {
         matches!(self, DbError::Sql(sqlx::Error::Io(e))
             if matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted))
     }
+}
+
+/// What the stored data does not allow, said so the caller can correct it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("store {0} already exists")]
+    StoreExists(String),
+    #[error("number {number} is already registered to store {owner}")]
+    NumberTaken { number: String, owner: String },
+    /// Lost a race for the number: its owner was not read.
+    #[error("number {0} is already registered to another store")]
+    NumberTakenMeanwhile(String),
+    #[error("no store {0}")]
+    NoStore(String),
+}
+
+impl Refusal {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Refusal::StoreExists(_) => "slug",
+            Refusal::NumberTaken { .. } | Refusal::NumberTakenMeanwhile(_) => "number",
+            Refusal::NoStore(_) => "store",
+        }
+    }
+}
+
+/// Why the mark writer did not write a mark.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackgroundError {
+    #[error("the mark writer has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Failed(std::sync::Arc<sqlx::Error>),
 }
 
 /// Why the database could not be opened, said the way a person checks it.
@@ -466,12 +500,10 @@ impl Db {
 
     async fn check_store_free(&self, slug: &str, numbers: &[String]) -> Result<()> {
         if self.store_exists(slug).await? {
-            return Err(DbError::Invalid(format!("store {slug} already exists")));
+            return Err(Refusal::StoreExists(slug.to_string()).into());
         }
         if let Some((number, owner)) = self.number_owners(numbers).await?.into_iter().next() {
-            return Err(DbError::Invalid(format!(
-                "number {number} is already registered to store {owner}"
-            )));
+            return Err(Refusal::NumberTaken { number, owner }.into());
         }
         Ok(())
     }
@@ -562,7 +594,7 @@ impl Db {
         .bind(slug)
         .fetch_optional(pool)
         .await)?;
-        let store_id = store_id.ok_or_else(|| DbError::Invalid(format!("no store {slug}")))?;
+        let store_id = store_id.ok_or_else(|| Refusal::NoStore(slug.to_string()))?;
         let issued = token::Issued::generate();
         on_pool!(self, pool => sqlx::query(
             "INSERT INTO tokens (id, store_id, label, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -580,7 +612,7 @@ impl Db {
 
     pub async fn token_list(&self, slug: &str) -> Result<Vec<TokenInfo>> {
         if !self.store_exists(slug).await? {
-            return Err(DbError::Invalid(format!("no store {slug}")));
+            return Err(Refusal::NoStore(slug.to_string()).into());
         }
         Ok(on_pool!(self, pool => sqlx::query_as::<_, TokenInfo>(
             "SELECT t.id, s.slug AS store, t.label, t.created_at, t.revoked_at \

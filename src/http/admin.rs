@@ -23,7 +23,7 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::call::{kst_offset, to_utc_millis_string, CallStatus};
 use crate::cdr::normalize_number;
-use crate::db::{from_millis, CallFilter, DbError, TrailRow};
+use crate::db::{from_millis, CallFilter, TrailRow};
 use crate::presence::alive_since;
 use crate::store_import::valid_slug;
 
@@ -82,14 +82,6 @@ fn store_number(field: &'static str, raw: &str) -> Result<String, ApiError> {
             ),
         )
     })
-}
-
-/// What the database refused that the caller can correct.
-fn conflict(field: &'static str, e: DbError) -> ApiError {
-    match e {
-        DbError::Invalid(msg) => ApiError::Conflict { field, error: msg },
-        other => ApiError::Unavailable(other),
-    }
 }
 
 async fn store_json(app: &App, slugs: Option<&str>) -> Result<Vec<Value>, ApiError> {
@@ -163,10 +155,7 @@ pub async fn store_create(
             numbers.push(d);
         }
     }
-    app.db
-        .store_add(slug, &name, &numbers)
-        .await
-        .map_err(|e| conflict("slug", e))?;
+    app.db.store_add(slug, &name, &numbers).await?;
     tracing::info!(store = %slug, "admin: store added");
     let one = store_json(&app, Some(slug)).await?;
     Ok((StatusCode::CREATED, Json(one.into_iter().next())).into_response())
@@ -267,10 +256,7 @@ pub async fn number_add(
     if !app.db.store_exists(&slug).await? {
         return Err(ApiError::NotFound("no such store"));
     }
-    app.db
-        .store_number_add(&slug, &number)
-        .await
-        .map_err(|e| conflict("number", e))?;
+    app.db.store_number_add(&slug, &number).await?;
     tracing::info!(store = %slug, "admin: number added");
     let one = store_json(&app, Some(&slug)).await?;
     Ok((StatusCode::CREATED, Json(one.into_iter().next())).into_response())
@@ -391,11 +377,7 @@ pub async fn token_issue(
     if !app.db.store_exists(&slug).await? {
         return Err(ApiError::NotFound("no such store"));
     }
-    let (id, token) = app
-        .db
-        .token_issue(&slug, &label)
-        .await
-        .map_err(|e| conflict("store", e))?;
+    let (id, token) = app.db.token_issue(&slug, &label).await?;
     let url = tablet_url(base, &headers, &token)?;
     let qr = qrcode::QrCode::new(url.as_bytes())
         .map(|code| {

@@ -47,9 +47,17 @@ impl ApiError {
     }
 }
 
+/// What the data refused is the caller's to correct (409, naming the
+/// field); any other database failure is ours (503, logged).
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        ApiError::Unavailable(e)
+        match e {
+            DbError::Refused(r) => ApiError::Conflict {
+                field: r.field(),
+                error: r.to_string(),
+            },
+            other => ApiError::Unavailable(other),
+        }
     }
 }
 
