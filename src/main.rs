@@ -462,7 +462,7 @@ async fn token(config: Config, cmd: TokenCommand) -> anyhow::Result<()> {
 }
 
 async fn dlq(config: Config, cmd: DlqCommand) -> anyhow::Result<()> {
-    use bizcall::bus::dlq;
+    use bizcall::bus::amqp::dlq;
     let queue = config.amqp.dead_letter_queue.clone();
     match cmd {
         DlqCommand::List => {

@@ -284,7 +284,7 @@ async fn retried_with_backoff_then_dead_lettered(routing: Routing) {
 
     let mut config = Config::default();
     broker.apply(&mut config);
-    let dead = bizcall::bus::dlq::list(&config).await.unwrap();
+    let dead = bizcall::bus::amqp::dlq::list(&config).await.unwrap();
     assert_eq!(dead.len(), 3);
     assert_eq!(dead[0].call_id, "r1");
     assert!(dead.iter().all(|d| d.reason == "rejected"), "{dead:?}");
@@ -637,7 +637,7 @@ async fn store_routing_dlq_replay_reaches_the_store() {
     broker.apply(&mut config);
     config.amqp.routing = Routing::Store;
     config.amqp.dead_letter = true;
-    let (replayed, skipped) = bizcall::bus::dlq::replay(&config).await.unwrap();
+    let (replayed, skipped) = bizcall::bus::amqp::dlq::replay(&config).await.unwrap();
     assert_eq!((replayed, skipped), (1, 0));
     assert_eq!(recv(&mut rx).await.0.call_id, "again");
     nothing_more(&mut rx_other).await;

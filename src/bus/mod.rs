@@ -2,9 +2,8 @@
 //! in-process implementation for a single instance, and RabbitMQ for many.
 
 pub mod amqp;
-pub mod dlq;
+
 pub mod local;
-pub mod tls;
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
-use super::{BackgroundError, Db, DbError};
+use super::{BackgroundError, Db, DbError, Result};
 
 /// Most marks written by one transaction.
 const BATCH: usize = 512;
@@ -57,5 +57,47 @@ async fn write_marks(target: Db, mut rx: mpsc::UnboundedReceiver<((String, i64),
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+impl Db {
+    /// These calls' latest changes (`(seq, updated_at)`) have been handed
+    /// to the bus; one statement (PostgreSQL) or one transaction (SQLite)
+    /// for them all. Losing a mark in a crash only means a repeat of the CDR
+    /// publishes the change again (tablets drop the duplicate), so
+    /// `PublishMarks` runs this on a PostgreSQL connection whose commits do
+    /// not wait for the disk.
+    pub async fn mark_published(&self, marks: &[(String, i64)]) -> Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Db::Postgres(pool) => {
+                let (seqs, times): (Vec<String>, Vec<i64>) = marks.iter().cloned().unzip();
+                sqlx::query(
+                    "UPDATE calls SET event_pending = 0 \
+                     FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
+                     WHERE calls.seq = p.seq AND calls.updated_at = p.updated_at",
+                )
+                .bind(seqs)
+                .bind(times)
+                .execute(pool)
+                .await?;
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for (seq, updated_at) in marks {
+                    sqlx::query(
+                        "UPDATE calls SET event_pending = 0 WHERE seq = $1 AND updated_at = $2",
+                    )
+                    .bind(seq)
+                    .bind(updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
-use super::amqp::{classify, declare_exchange, declare_routed_exchange, message_properties, open};
+use super::{classify, declare_exchange, declare_routed_exchange, message_properties, open};
 use crate::call::{BusEvent, CallEvent};
 use crate::config::{Config, Routing};
 

@@ -3,12 +3,16 @@
 //! client certificate, an optional name to check instead of the URL's host,
 //! and one line per failure that says what to change.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::LinkError;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lapin::tcp::RustlsConnector;
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
 use rustls_connector::rustls::client::danger::ServerCertVerifier;
 use rustls_connector::rustls::client::ResolvesClientCert;
 use rustls_connector::rustls::crypto::CryptoProvider;
@@ -237,6 +241,46 @@ fn is_client_cert_alert(alert: AlertDescription) -> bool {
             | AlertDescription::UnknownCA
             | AlertDescription::CertificateUnknown
             | AlertDescription::AccessDenied
+    )
+}
+
+pub(super) fn expects_tls(broker: String) -> LinkError {
+    LinkError::Tls {
+        broker,
+        detail: "that port speaks TLS: use amqps:// (or the broker's plain port, usually 5672)"
+            .into(),
+    }
+}
+
+/// Whether a TLS handshake at `host:port` gets as far as the server's
+/// answer (asked after an `amqp://` connection failed there).
+pub(super) async fn speaks_tls(host: &str, port: u16, tls: Option<&Arc<Tls>>) -> bool {
+    let Some(session) = tls.and_then(|t| t.session(host).ok()) else {
+        return false;
+    };
+    let probe = async {
+        let runtime = lapin::runtime::default_runtime().ok()?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
+        let stream = AsyncTcpStream::connect(&runtime, addrs).await.ok()?;
+        Some(
+            match stream
+                .into_rustls(&session.connector, &session.server_name)
+                .await
+            {
+                Ok(_) => true,
+                Err(e) => tls_error(&e).is_some_and(|e| {
+                    !matches!(
+                        e,
+                        rustls_connector::rustls::Error::InvalidMessage(_)
+                            | rustls_connector::rustls::Error::InappropriateMessage { .. }
+                    )
+                }),
+            },
+        )
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), probe).await,
+        Ok(Some(true))
     )
 }
 

@@ -1,0 +1,400 @@
+//! The link to the broker: opening a connection to the first node that
+//! answers (TLS included), and saying why one could not be opened.
+
+use super::tls::{expects_tls, speaks_tls};
+use super::*;
+
+/// Why the broker could not be used, each with its own line for people.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("RabbitMQ exchange '{exchange}' exists with type '{current}' but bizcall needs '{needed}': delete it on the broker (for vhost /: rabbitmqctl eval 'rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{exchange}\">>), false, <<\"cli\">>).') or choose another {setting}")]
+    ExchangeType {
+        exchange: String,
+        current: String,
+        needed: &'static str,
+        setting: &'static str,
+    },
+    #[error("RabbitMQ at {broker} refused the credentials in amqp.url: check the user name and password")]
+    Credentials { broker: String },
+    #[error("RabbitMQ at {broker}: {detail}")]
+    Refused { broker: String, detail: String },
+    #[error("RabbitMQ at {broker}: {detail}")]
+    Tls { broker: String, detail: String },
+    #[error("amqp.tls: {0}")]
+    TlsSettings(String),
+    #[error("RabbitMQ unreachable at {broker}: {detail}; retrying")]
+    Unreachable { broker: String, detail: String },
+}
+
+impl LinkError {
+    /// Errors that retrying will not fix: the instance stops at start.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, LinkError::Unreachable { .. })
+    }
+}
+
+/// The broker address from an AMQP URL, without credentials, for messages.
+pub fn broker_address(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port()
+                .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 })
+        ),
+        Err(_) => "the broker in amqp.url".into(),
+    }
+}
+
+pub(crate) fn classify(err: &lapin::Error, config: &AmqpConfig, node: &str) -> LinkError {
+    let broker = broker_address(node);
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
+        let text = amqp.get_message().to_string();
+        match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                if text.contains("Login was refused") =>
+            {
+                return LinkError::Credentials { broker };
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                if text.contains("inequivalent arg 'type'") =>
+            {
+                let current = quoted_after(&text, "current is '").unwrap_or("another type");
+                let routed = config.routed_exchange();
+                let (exchange, needed, setting) =
+                    if quoted_after(&text, "for exchange '") == Some(routed.as_str()) {
+                        (routed.clone(), "direct", "amqp.routed_exchange")
+                    } else {
+                        (config.exchange.clone(), "fanout", "amqp.exchange")
+                    };
+                return LinkError::ExchangeType {
+                    exchange,
+                    current: current.to_string(),
+                    needed,
+                    setting,
+                };
+            }
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => {}
+            _ => {
+                return LinkError::Refused {
+                    broker,
+                    detail: text,
+                };
+            }
+        }
+    }
+    LinkError::Unreachable {
+        broker,
+        detail: err.to_string(),
+    }
+}
+
+/// The text between `marker` and the next `'` in a broker's message.
+pub(super) fn quoted_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    let (_, rest) = text.split_once(marker)?;
+    rest.split('\'').next()
+}
+
+/// The TLS settings, loaded once: an unusable one stops the start.
+pub(crate) fn load_tls(config: &AmqpConfig) -> Result<Option<Arc<Tls>>, LinkError> {
+    Tls::load(config)
+        .map_err(|e| LinkError::TlsSettings(e.trim_start_matches("amqp.tls: ").to_string()))
+}
+
+/// Opens a connection to the first of `config`'s nodes that answers and a
+/// channel on it (the `bizcall dlq` commands).
+pub(crate) async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), LinkError> {
+    let tls = load_tls(config)?;
+    let mut first_error = None;
+    for node in config.nodes() {
+        match open_node(&node, config, tls.as_ref()).await {
+            Ok(conn) => {
+                let channel = conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| classify(&e, config, &node))?;
+                return Ok((conn, channel));
+            }
+            Err(e) => {
+                tracing::debug!("{e}");
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f: &LinkError| !f.is_fatal())
+                {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| LinkError::Unreachable {
+        broker: "amqp.url".into(),
+        detail: "no node listed".into(),
+    }))
+}
+
+/// Opens a connection to one node: TCP, TLS for `amqps://` (amqp.tls),
+/// then AMQP's handshake, all within `CONNECT_TIMEOUT`. A connection
+/// closed right after the broker asked for a client certificate we do not
+/// have is tried once more: twice in a row, it is the broker refusing it
+/// (a setting to change, so the start stops); once, the broker going away.
+pub(crate) async fn open_node(
+    node: &str,
+    config: &AmqpConfig,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Connection, LinkError> {
+    match open_node_once(node, config, tls).await {
+        Err(Attempt::ResetAfterCertificateRequest(_)) => {
+            match open_node_once(node, config, tls).await {
+                Ok(conn) => Ok(conn),
+                Err(Attempt::Failed(e)) => Err(e),
+                Err(Attempt::ResetAfterCertificateRequest(broker)) => Err(LinkError::Tls {
+                    broker,
+                    detail: tls::RESET_AFTER_CERTIFICATE_REQUEST.into(),
+                }),
+            }
+        }
+        Err(Attempt::Failed(e)) => Err(e),
+        Ok(conn) => Ok(conn),
+    }
+}
+
+/// How one connection attempt failed.
+pub(super) enum Attempt {
+    Failed(LinkError),
+    /// Closed after the broker asked for a client certificate we do not
+    /// have (the broker's address).
+    ResetAfterCertificateRequest(String),
+}
+
+impl From<LinkError> for Attempt {
+    fn from(e: LinkError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+pub(super) async fn open_node_once(
+    node: &str,
+    config: &AmqpConfig,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Connection, Attempt> {
+    let broker = broker_address(node);
+    let uri: AMQPUri = node.parse().map_err(|e: String| LinkError::Refused {
+        broker: broker.clone(),
+        detail: format!("amqp.url is not a usable URL ({})", e.replace(node, "…")),
+    })?;
+    let host = uri.authority.host.clone();
+    let port = uri.authority.port;
+    let session = match uri.scheme {
+        AMQPScheme::AMQP => None,
+        AMQPScheme::AMQPS => {
+            let tls = tls.ok_or_else(|| {
+                LinkError::TlsSettings("no TLS configuration could be loaded".into())
+            })?;
+            Some(Arc::new(
+                tls.session(&host).map_err(LinkError::TlsSettings)?,
+            ))
+        }
+    };
+    let tls_failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let runtime = lapin::runtime::default_runtime().map_err(|e| LinkError::Unreachable {
+        broker: broker.clone(),
+        detail: e.to_string(),
+    })?;
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("bizcall {}", env!("CARGO_PKG_VERSION")).into());
+    let connect = {
+        let session = session.clone();
+        let tls_failure = tls_failure.clone();
+        let host = host.clone();
+        async move |_uri: AMQPUri, runtime| {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect();
+            let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+            match &session {
+                None => Ok(stream),
+                Some(s) => match stream.into_rustls(&s.connector, &s.server_name).await {
+                    Ok(stream) => Ok(stream),
+                    Err(e) => {
+                        if let Some(why) = tls::explain(&e, s) {
+                            *tls_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        }
+                        Err(e.into())
+                    }
+                },
+            }
+        }
+    };
+    let attempt = Connection::connector(uri, runtime, connect, props);
+    let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
+    let recorded = tls_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(detail) = recorded {
+        return Err(LinkError::Tls { broker, detail }.into());
+    }
+    let err = match result {
+        Ok(Ok(conn)) => return Ok(conn),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            if session.is_none() && speaks_tls(&host, port, tls).await {
+                return Err(expects_tls(broker).into());
+            }
+            return Err(LinkError::Unreachable {
+                broker,
+                detail: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            }
+            .into());
+        }
+    };
+    // TLS trouble that shows only after the handshake: a TLS 1.3 broker
+    // refuses a missing client certificate with its first record.
+    if let (Some(s), lapin::ErrorKind::IOError(io)) = (&session, err.kind()) {
+        if let Some(detail) = tls::explain(io, s) {
+            return Err(LinkError::Tls { broker, detail }.into());
+        }
+        if tls::reset_after_certificate_request(io, s) {
+            return Err(Attempt::ResetAfterCertificateRequest(broker));
+        }
+    }
+    let classified = classify(&err, config, node);
+    if session.is_none()
+        && matches!(classified, LinkError::Unreachable { .. })
+        && speaks_tls(&host, port, tls).await
+    {
+        return Err(expects_tls(broker).into());
+    }
+    Err(classified.into())
+}
+
+/// A refusal of rights (ACCESS_REFUSED): no retry fixes it.
+pub(super) fn is_access_refused(e: &LinkError) -> bool {
+    matches!(e, LinkError::Refused { detail, .. } if detail.contains("ACCESS_REFUSED"))
+}
+
+/// Opens a connection to `node` and declares the whole topology.
+pub(super) async fn connect(inner: &Inner, node: &str) -> Result<Link, LinkError> {
+    let config = &inner.config;
+    let fail = |e: lapin::Error| classify(&e, config, node);
+    let conn = open_node(node, config, inner.tls.as_ref()).await?;
+    let publish = conn.create_channel().await.map_err(fail)?;
+    match config.routing {
+        Routing::Fanout => declare_exchange(&publish, config).await,
+        Routing::Store => declare_routed_exchange(&publish, config).await,
+    }
+    .map_err(fail)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail)?;
+
+    let mut args = FieldTable::default();
+    if config.dead_letter {
+        // A quorum queue answers only while a majority of its nodes is up:
+        // popups must not wait for it, so a slow or failed declaration is
+        // logged and the link goes on (dead letters still reach the
+        // exchange, and its queue once declared).
+        match tokio::time::timeout(CONFIRM_TIMEOUT, declare_dead_letter(&conn, config)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let e = fail(e);
+                if is_access_refused(&e) {
+                    return Err(e);
+                }
+                tracing::warn!(queue = %config.dead_letter_queue, broker = %broker_address(node), "dead-letter queue not declared now: {e}");
+            }
+            Err(_) => tracing::warn!(
+                queue = %config.dead_letter_queue,
+                broker = %broker_address(node),
+                "dead-letter queue not declared now: no answer within {}s (is a majority of its nodes up?)",
+                CONFIRM_TIMEOUT.as_secs()
+            ),
+        }
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(config.dead_letter_exchange.as_str().into()),
+        );
+    }
+    let consume = conn.create_channel().await.map_err(fail)?;
+    // A new name on every connection: an old queue of ours that the broker
+    // has not yet dropped must not lock us out.
+    let queue = format!("{}-{}", config.queue_prefix, uuid::Uuid::new_v4());
+    consume
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                durable: false,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(fail)?;
+    // Store-routed queues are bound store by store (`bind_wanted`).
+    if config.routing == Routing::Fanout {
+        consume
+            .queue_bind(
+                queue.as_str().into(),
+                config.exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail)?;
+    }
+    consume
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(fail)?;
+    let binds = conn.create_channel().await.map_err(fail)?;
+    Ok(Link {
+        conn,
+        publish,
+        consume,
+        binds,
+        queue,
+        node: broker_address(node),
+    })
+}
+
+impl Inner {
+    /// Tries each node once, from the cursor on; the one that answers
+    /// becomes the current node and the cursor moves past it, so that the
+    /// next reconnection starts with another node. Returns the most
+    /// telling error when none answers (`log_each`: log every node's).
+    pub(super) async fn connect_any(&self, log_each: bool) -> Result<Link, LinkError> {
+        let n = self.nodes.len().max(1);
+        let start = self.cursor.load(Ordering::SeqCst);
+        let mut worst: Option<LinkError> = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let Some(node) = self.nodes.get(index) else {
+                break;
+            };
+            if self.stop.is_cancelled() {
+                break;
+            }
+            match connect(self, node).await {
+                Ok(link) => {
+                    self.cursor.store((index + 1) % n, Ordering::SeqCst);
+                    return Ok(link);
+                }
+                Err(e) => {
+                    if log_each && n > 1 {
+                        tracing::warn!("{e}");
+                    }
+                    if worst.as_ref().is_none_or(|w| !w.is_fatal()) {
+                        worst = Some(e);
+                    }
+                }
+            }
+        }
+        self.cursor.store((start + 1) % n, Ordering::SeqCst);
+        Err(worst.unwrap_or_else(|| LinkError::Unreachable {
+            broker: "amqp.url".into(),
+            detail: "no node listed".into(),
+        }))
+    }
+}
