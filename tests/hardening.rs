@@ -187,6 +187,10 @@ async fn tablet_page_and_api_carry_security_headers() {
     assert!(directives.contains(&"worker-src 'self'"), "{csp}");
     for (path, kind) in [
         ("/tablet.js", "text/javascript"),
+        ("/tablet/main.js", "text/javascript"),
+        ("/tablet/strings.js", "text/javascript"),
+        ("/tablet/stomp.js", "text/javascript"),
+        ("/tablet/views.js", "text/javascript"),
         ("/tablet.css", "text/css"),
         ("/sw.js", "text/javascript"),
         ("/manifest.webmanifest", "application/manifest+json"),
@@ -197,6 +201,9 @@ async fn tablet_page_and_api_carry_security_headers() {
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert!(header(&r, "content-type").starts_with(kind), "{path}");
         assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+        if path.ends_with(".js") {
+            assert_eq!(header(&r, "cache-control"), "no-cache", "{path}");
+        }
     }
 
     // API answers, good and bad.

@@ -5,7 +5,12 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 const TABLET_PAGE: &str = include_str!("../../web/tablet.html");
+/// What pages from before the modules load: it loads `/tablet/main.js`.
 const TABLET_SCRIPT: &str = include_str!("../../web/tablet.js");
+const TABLET_MAIN: &str = include_str!("../../web/tablet/main.js");
+const TABLET_STRINGS: &str = include_str!("../../web/tablet/strings.js");
+const TABLET_STOMP: &str = include_str!("../../web/tablet/stomp.js");
+const TABLET_VIEWS: &str = include_str!("../../web/tablet/views.js");
 const TABLET_STYLE: &str = include_str!("../../web/tablet.css");
 const SERVICE_WORKER: &str = include_str!("../../web/sw.js");
 const MANIFEST: &str = include_str!("../../web/manifest.webmanifest");
@@ -55,14 +60,39 @@ pub async fn tablet_page() -> Response {
         .into_response()
 }
 
-/// `GET /tablet.js`: the page's script.
+/// `GET /tablet.js`: what pages from before the script modules load; it
+/// loads the modules.
 pub async fn tablet_script() -> Response {
+    script(TABLET_SCRIPT)
+}
+
+/// `GET /tablet/main.js`: the page's entry module (the wiring).
+pub async fn tablet_main() -> Response {
+    script(TABLET_MAIN)
+}
+
+/// `GET /tablet/strings.js`: the page's words, Korean and English.
+pub async fn tablet_strings() -> Response {
+    script(TABLET_STRINGS)
+}
+
+/// `GET /tablet/stomp.js`: the page's STOMP client.
+pub async fn tablet_stomp() -> Response {
+    script(TABLET_STOMP)
+}
+
+/// `GET /tablet/views.js`: what the page draws.
+pub async fn tablet_views() -> Response {
+    script(TABLET_VIEWS)
+}
+
+fn script(body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        TABLET_SCRIPT,
+        body,
     )
         .into_response()
 }
