@@ -9,6 +9,15 @@ import * as view from "./views.js";
 const { $ } = view;
 translate(document);
 
+// The STOMP endpoint: the server writes its `stomp.path` into the page. A
+// page without it (one kept from an older version) uses the default.
+function stompPath() {
+  const meta = document.querySelector('meta[name="bizcall-stomp-path"]');
+  const path = meta ? meta.content : "";
+  return path.startsWith("/") ? path : "/ws";
+}
+const STOMP_PATH = stompPath();
+
 // ---- state -----------------------------------------------------------------
 const TOKEN_KEY = "bizcall.token";
 const RANK = { ringing: 0, answered: 1, missed: 2, completed: 2 };
@@ -28,7 +37,7 @@ state.token = localStorage.getItem(TOKEN_KEY) || "";
 
 // ---- the connection ----------------------------------------------------------
 const stomp = new StompClient({
-  url: () => (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws",
+  url: () => (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + STOMP_PATH,
   connectHeaders: () => ({ passcode: state.token }),
   onStatus: view.setState,
   onDrop() {
