@@ -182,11 +182,20 @@ async fn tablet_page_and_api_carry_security_headers() {
         .collect();
     assert!(handlers.is_empty(), "inline handlers: {handlers:?}");
     assert!(!html.contains("<style"), "no inline style either");
+    // The page's script connects where the server says (`stomp.path`).
+    assert!(
+        html.contains(r#"<meta name="bizcall-stomp-path" content="/ws">"#),
+        "{html}"
+    );
 
     assert!(directives.contains(&"manifest-src 'self'"), "{csp}");
     assert!(directives.contains(&"worker-src 'self'"), "{csp}");
     for (path, kind) in [
         ("/tablet.js", "text/javascript"),
+        ("/tablet/main.js", "text/javascript"),
+        ("/tablet/strings.js", "text/javascript"),
+        ("/tablet/stomp.js", "text/javascript"),
+        ("/tablet/views.js", "text/javascript"),
         ("/tablet.css", "text/css"),
         ("/sw.js", "text/javascript"),
         ("/manifest.webmanifest", "application/manifest+json"),
@@ -197,6 +206,9 @@ async fn tablet_page_and_api_carry_security_headers() {
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert!(header(&r, "content-type").starts_with(kind), "{path}");
         assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+        if path.ends_with(".js") {
+            assert_eq!(header(&r, "cache-control"), "no-cache", "{path}");
+        }
     }
 
     // API answers, good and bad.
@@ -222,6 +234,39 @@ async fn tablet_page_and_api_carry_security_headers() {
             "{csp}"
         );
     }
+}
+
+/// With `stomp.path` moved, the tablet page names the new path (its script
+/// connects there), and the socket is there and not at `/ws`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablet_page_names_a_configured_stomp_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Instance::spawn(dir.path(), &[("BIZCALL_STOMP__PATH", "/custom-ws")]);
+    let base = server.base();
+    let http = common::http();
+    let html = http
+        .get(format!("{base}/tablet"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(r#"<meta name="bizcall-stomp-path" content="/custom-ws">"#),
+        "{html}"
+    );
+    assert!(!html.contains("{{"), "an unfilled slot: {html}");
+    let status = |path: &'static str| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(status("/ws").await, 404);
+    assert_ne!(status("/custom-ws").await, 404, "no socket at /custom-ws");
 }
 
 /// Guessing tokens: every failure is counted, logged at warn with the

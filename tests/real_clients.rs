@@ -276,6 +276,45 @@ async fn tablet_page_in_headless_chromium() {
     }
 }
 
+/// The page on an instance whose `stomp.path` is not `/ws`: it connects
+/// where the server's page says, and acknowledges a call from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablet_page_on_a_configured_stomp_path_in_chromium() {
+    require_js_deps();
+    let dir = tempfile::tempdir().unwrap();
+    let token = register(dir.path(), "path-store", "050-7171-8181");
+    let server = Instance::spawn(dir.path(), &[("BIZCALL_STOMP__PATH", "/custom-ws")]);
+    let base = server.base();
+    let stdout = run_page_script(
+        "tablet_path.mjs",
+        vec![
+            base.clone(),
+            token.clone(),
+            common::bin().to_string(),
+            "05071718181".into(),
+            "/custom-ws".into(),
+        ],
+    )
+    .await;
+    let seq = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DONE "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    common::eventually(Duration::from_secs(30), "acknowledged", || {
+        let (base, token, seq) = (base.clone(), token.clone(), seq.clone());
+        async move {
+            let list = call_list(&base, "path-store", &token).await;
+            list.as_array().unwrap().iter().any(|c| {
+                c["callId"] == seq.as_str()
+                    && c["acknowledged"] == true
+                    && c["acknowledgedBy"] == "js"
+            })
+        }
+    })
+    .await;
+}
+
 /// Two tablets of one store on two instances (PostgreSQL, RabbitMQ): one
 /// takes the call, the other's popup closes and says who took it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,11 @@
-// The tablet page's service worker: keeps the page shell (page, script,
-// style, manifest, icons) so the page still opens when the network blips.
-// It never answers /api or /ws: calls and reservations always come from
-// the server, or not at all.
+// The tablet page's service worker: keeps the page shell (page, script
+// modules, style, manifest, icons) so the page still opens when the network
+// blips. It never answers /api or the STOMP socket: calls and reservations
+// always come from the server, or not at all.
 "use strict";
-const CACHE = "bizcall-shell-v1";
-const SHELL = ["/tablet", "/tablet.js", "/tablet.css", "/manifest.webmanifest", "/favicon.ico", "/icon-192.png", "/icon-512.png"];
+const CACHE = "bizcall-shell-v2";
+const SHELL = ["/tablet", "/tablet/main.js", "/tablet/strings.js", "/tablet/stomp.js", "/tablet/views.js", "/tablet.css",
+               "/manifest.webmanifest", "/favicon.ico", "/icon-192.png", "/icon-512.png"];
 
 self.addEventListener("install", (ev) => {
   ev.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));

@@ -1,11 +1,21 @@
 //! The tablet page with its script and style, and what a browser asks for
 //! around it: `/` leads to it, and the icon (docs/http-api.md, "Pages").
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
+use crate::app::App;
+
 const TABLET_PAGE: &str = include_str!("../../web/tablet.html");
+/// Where the page's template takes the STOMP endpoint's path.
+const STOMP_PATH_SLOT: &str = "{{stomp_path}}";
+/// What pages from before the modules load: it loads `/tablet/main.js`.
 const TABLET_SCRIPT: &str = include_str!("../../web/tablet.js");
+const TABLET_MAIN: &str = include_str!("../../web/tablet/main.js");
+const TABLET_STRINGS: &str = include_str!("../../web/tablet/strings.js");
+const TABLET_STOMP: &str = include_str!("../../web/tablet/stomp.js");
+const TABLET_VIEWS: &str = include_str!("../../web/tablet/views.js");
 const TABLET_STYLE: &str = include_str!("../../web/tablet.css");
 const SERVICE_WORKER: &str = include_str!("../../web/sw.js");
 const MANIFEST: &str = include_str!("../../web/manifest.webmanifest");
@@ -44,25 +54,73 @@ pub async fn favicon() -> impl IntoResponse {
 }
 
 /// `GET /tablet`: the page, self-contained (no network beyond this server).
-pub async fn tablet_page() -> Response {
+/// It carries `stomp.path` in `<meta name="bizcall-stomp-path">`, where
+/// its script finds the endpoint to connect to.
+pub async fn tablet_page(State(app): State<App>) -> Response {
     (
         [
             (header::CACHE_CONTROL, "no-cache"),
             (header::CONTENT_SECURITY_POLICY, TABLET_CSP),
         ],
-        Html(TABLET_PAGE),
+        Html(tablet_html(&app.config.stomp.path)),
     )
         .into_response()
 }
 
-/// `GET /tablet.js`: the page's script.
+/// The tablet page with `stomp_path` in its slot.
+fn tablet_html(stomp_path: &str) -> String {
+    TABLET_PAGE.replace(STOMP_PATH_SLOT, &escape_attribute(stomp_path))
+}
+
+/// `value` made safe inside a double-quoted HTML attribute.
+fn escape_attribute(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `GET /tablet.js`: what pages from before the script modules load; it
+/// loads the modules.
 pub async fn tablet_script() -> Response {
+    script(TABLET_SCRIPT)
+}
+
+/// `GET /tablet/main.js`: the page's entry module (the wiring).
+pub async fn tablet_main() -> Response {
+    script(TABLET_MAIN)
+}
+
+/// `GET /tablet/strings.js`: the page's words, Korean and English.
+pub async fn tablet_strings() -> Response {
+    script(TABLET_STRINGS)
+}
+
+/// `GET /tablet/stomp.js`: the page's STOMP client.
+pub async fn tablet_stomp() -> Response {
+    script(TABLET_STOMP)
+}
+
+/// `GET /tablet/views.js`: what the page draws.
+pub async fn tablet_views() -> Response {
+    script(TABLET_VIEWS)
+}
+
+fn script(body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        TABLET_SCRIPT,
+        body,
     )
         .into_response()
 }
@@ -160,4 +218,22 @@ pub async fn admin_style() -> Response {
         ADMIN_STYLE,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_carries_the_stomp_path_escaped() {
+        let html = tablet_html("/ws");
+        assert!(html.contains(r#"<meta name="bizcall-stomp-path" content="/ws">"#));
+        assert!(!html.contains(STOMP_PATH_SLOT));
+        let html = tablet_html(r#"/a"><script>x&'"#);
+        assert!(
+            html.contains(r#"content="/a&quot;&gt;&lt;script&gt;x&amp;&#39;">"#),
+            "{html}"
+        );
+        assert!(!html.contains("<script>x"));
+    }
 }
