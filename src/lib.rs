@@ -28,6 +28,7 @@
 //! - [`metrics`]: every metric's name and meaning.
 //! - [`log_budget`]: a rate limit for log lines strangers can cause.
 //! - [`text`]: what free text people type may hold.
+//! - [`slug`]: the one rule for a store's slug.
 
 pub mod address;
 pub mod app;
@@ -46,6 +47,7 @@ pub mod metrics;
 pub mod presence;
 pub mod server;
 pub mod simulate;
+pub mod slug;
 pub mod sockjs;
 pub mod stomp;
 pub mod store_import;

@@ -318,15 +318,6 @@ impl Signals {
     }
 }
 
-fn valid_slug(slug: &str) -> bool {
-    !slug.is_empty()
-        && slug.len() <= 63
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-}
-
 async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
     let db = open(&config).await?;
     match cmd {
@@ -335,10 +326,8 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
             name,
             numbers,
         } => {
-            if !valid_slug(&slug) {
-                anyhow::bail!(
-                    "store slug {slug:?}: expected 1 to 63 of [a-z0-9-], not starting with '-'"
-                );
+            if !bizcall::slug::is_valid(&slug) {
+                anyhow::bail!("store slug {slug:?}: expected {}", bizcall::slug::RULE);
             }
             if name.trim().is_empty() || name.chars().count() > 200 {
                 anyhow::bail!("--name: expected 1 to 200 characters");

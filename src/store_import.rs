@@ -9,16 +9,6 @@ use crate::db::{Db, Store};
 /// Largest file read: far beyond any chain's store list.
 pub const MAX_FILE: usize = 8 * 1024 * 1024;
 
-/// A store slug: 1 to 63 of `[a-z0-9-]`, not starting with `-`.
-pub fn valid_slug(slug: &str) -> bool {
-    !slug.is_empty()
-        && slug.len() <= 63
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-}
-
 /// Splits one CSV line: commas, fields optionally in double quotes with
 /// `""` for a quote inside.
 fn fields(line: &str) -> Result<Vec<String>, &'static str> {
@@ -87,9 +77,10 @@ pub fn parse(text: &str) -> Result<Vec<(usize, Store)>, Vec<String>> {
             continue;
         }
         let slug = &f[0];
-        if !valid_slug(slug) {
+        if !crate::slug::is_valid(slug) {
             errors.push(format!(
-                "line {n}: slug {slug:?}: expected 1 to 63 of [a-z0-9-], not starting with '-'"
+                "line {n}: slug {slug:?}: expected {}",
+                crate::slug::RULE
             ));
             continue;
         }

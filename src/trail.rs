@@ -58,6 +58,70 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// The outcome a stored trail row names (`None`: a word this version
+    /// does not know).
+    pub fn parse(word: &str) -> Option<Self> {
+        [
+            Outcome::Received,
+            Outcome::Expired,
+            Outcome::NoTablet,
+            Outcome::SlowConsumer,
+            Outcome::Delivered,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == word)
+    }
+}
+
+/// Why a call did or did not become an acknowledged popup, across every
+/// instance's trail: what the console shows first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Acknowledged,
+    ShownNotAcknowledged,
+    SlowConsumer,
+    NoTabletOnline,
+    Expired,
+    NotPublished,
+    InFlight,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Acknowledged => "acknowledged",
+            Verdict::ShownNotAcknowledged => "shown-not-acknowledged",
+            Verdict::SlowConsumer => "slow-consumer",
+            Verdict::NoTabletOnline => "no-tablet-online",
+            Verdict::Expired => "expired",
+            Verdict::NotPublished => "not-published",
+            Verdict::InFlight => "in-flight",
+        }
+    }
+}
+
+/// The verdict on a call from whether it was acknowledged, whether its
+/// change reached the bus, and its trail rows.
+pub fn verdict(acknowledged: bool, published: bool, trail: &[TrailRow]) -> Verdict {
+    let any = |o: Outcome| trail.iter().any(|r| Outcome::parse(&r.outcome) == Some(o));
+    if acknowledged {
+        Verdict::Acknowledged
+    } else if any(Outcome::Delivered) {
+        Verdict::ShownNotAcknowledged
+    } else if any(Outcome::SlowConsumer) {
+        Verdict::SlowConsumer
+    } else if any(Outcome::NoTablet) {
+        Verdict::NoTabletOnline
+    } else if any(Outcome::Expired) {
+        Verdict::Expired
+    } else if !published {
+        Verdict::NotPublished
+    } else {
+        Verdict::InFlight
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     received_at: Option<i64>,

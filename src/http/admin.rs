@@ -23,9 +23,8 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::call::{kst_offset, to_utc_millis_string, CallStatus};
 use crate::cdr::normalize_number;
-use crate::db::{from_millis, CallFilter, TrailRow};
+use crate::db::{from_millis, CallFilter};
 use crate::presence::alive_since;
-use crate::store_import::valid_slug;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -129,10 +128,10 @@ pub async fn store_create(
 ) -> ApiResult {
     let obj = json_body(&headers, body).await?;
     let slug = string_field(&obj, "slug")?.unwrap_or("");
-    if !valid_slug(slug) {
+    if !crate::slug::is_valid(slug) {
         return Err(ApiError::invalid(
             "slug",
-            "expected 1 to 63 of [a-z0-9-], not starting with '-'",
+            format!("expected {}", crate::slug::RULE),
         ));
     }
     let name = store_name(&obj)?;
@@ -450,7 +449,7 @@ pub async fn calls(
         ..CallFilter::default()
     };
     if let Some(s) = q.get("store").filter(|s| !s.is_empty()) {
-        if !valid_slug(s) {
+        if !crate::slug::is_valid(s) {
             return Err(ApiError::invalid("store", "expected a store slug"));
         }
         f.store = Some(s.clone());
@@ -499,26 +498,6 @@ pub async fn calls(
         .collect();
     let out: Vec<Value> = rows.iter().map(|r| call_json(r, ttl, &labels)).collect();
     Ok(Json(Value::Array(out)).into_response())
-}
-
-/// Why a call did or did not become an acknowledged popup, in one word.
-fn verdict(acknowledged: bool, published: bool, trail: &[TrailRow]) -> &'static str {
-    let any = |o: &str| trail.iter().any(|r| r.outcome == o);
-    if acknowledged {
-        "acknowledged"
-    } else if any("delivered") {
-        "shown-not-acknowledged"
-    } else if any("slow-consumer") {
-        "slow-consumer"
-    } else if any("no-tablet") {
-        "no-tablet-online"
-    } else if any("expired") {
-        "expired"
-    } else if !published {
-        "not-published"
-    } else {
-        "in-flight"
-    }
 }
 
 /// `GET /api/admin/calls/{seq}`: the call and its delivery trail.
@@ -592,7 +571,7 @@ pub async fn call_trail(
             "published": published,
             "instances": instances,
             "firstAck": first_ack,
-            "verdict": verdict(acknowledged, published, &trail),
+            "verdict": crate::trail::verdict(acknowledged, published, &trail).as_str(),
         },
     }))
     .into_response())

@@ -44,12 +44,7 @@ fn parse_destination(destination: &str) -> Option<(&str, bool)> {
     } else {
         (destination.strip_prefix(DESTINATION_PREFIX)?, false)
     };
-    let valid = !store.is_empty()
-        && store.len() <= 63
-        && store
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    valid.then_some((store, legacy))
+    crate::slug::is_valid(store).then_some((store, legacy))
 }
 
 /// What the transport should do after a step.
