@@ -151,8 +151,9 @@ impl Params {
             if !KNOWN.contains(&name.as_str()) {
                 continue;
             }
-            let value = decode_component(value)
-                .map_err(|raw| FieldError::new(&name, "percent-encoded UTF-8 text", &raw))?;
+            let value = decode_component(value).map_err(|NotUtf8(raw)| {
+                FieldError::new(&name, "percent-encoded UTF-8 text", &raw)
+            })?;
             params.insert(&name, value)?;
         }
         Ok(params)
@@ -190,15 +191,18 @@ impl Params {
     }
 }
 
-/// Percent-decodes one component, `+` meaning space. On invalid UTF-8 the
-/// error carries the raw text for the message.
-fn decode_component(raw: &[u8]) -> Result<String, String> {
+/// A component that is not UTF-8 once decoded: the raw text, for the
+/// message.
+struct NotUtf8(String);
+
+/// Percent-decodes one component, `+` meaning space.
+fn decode_component(raw: &[u8]) -> Result<String, NotUtf8> {
     let spaced: Vec<u8> = raw
         .iter()
         .map(|b| if *b == b'+' { b' ' } else { *b })
         .collect();
     let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-    String::from_utf8(decoded).map_err(|_| String::from_utf8_lossy(raw).into_owned())
+    String::from_utf8(decoded).map_err(|_| NotUtf8(String::from_utf8_lossy(raw).into_owned()))
 }
 
 impl Cdr {

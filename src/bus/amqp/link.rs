@@ -1,6 +1,7 @@
 //! The link to the broker: opening a connection to the first node that
 //! answers (TLS included), and saying why one could not be opened.
 
+use super::tls::TlsSettingsError;
 use super::tls::{expects_tls, speaks_tls};
 use super::*;
 
@@ -21,7 +22,7 @@ pub enum LinkError {
     #[error("RabbitMQ at {broker}: {detail}")]
     Tls { broker: String, detail: String },
     #[error("amqp.tls: {0}")]
-    TlsSettings(String),
+    TlsSettings(#[from] TlsSettingsError),
     #[error("RabbitMQ unreachable at {broker}: {detail}; retrying")]
     Unreachable { broker: String, detail: String },
 }
@@ -98,8 +99,7 @@ pub(super) fn quoted_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
 
 /// The TLS settings, loaded once: an unusable one stops the start.
 pub(crate) fn load_tls(config: &AmqpConfig) -> Result<Option<Arc<Tls>>, LinkError> {
-    Tls::load(config)
-        .map_err(|e| LinkError::TlsSettings(e.trim_start_matches("amqp.tls: ").to_string()))
+    Ok(Tls::load(config)?)
 }
 
 /// Opens a connection to the first of `config`'s nodes that answers and a
@@ -188,12 +188,8 @@ pub(super) async fn open_node_once(
     let session = match uri.scheme {
         AMQPScheme::AMQP => None,
         AMQPScheme::AMQPS => {
-            let tls = tls.ok_or_else(|| {
-                LinkError::TlsSettings("no TLS configuration could be loaded".into())
-            })?;
-            Some(Arc::new(
-                tls.session(&host).map_err(LinkError::TlsSettings)?,
-            ))
+            let tls = tls.ok_or(LinkError::from(TlsSettingsError::NotLoaded))?;
+            Some(Arc::new(tls.session(&host).map_err(LinkError::from)?))
         }
     };
     let tls_failure: Arc<Mutex<Option<String>>> = Arc::default();

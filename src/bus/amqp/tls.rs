@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::LinkError;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -42,10 +42,45 @@ pub struct Session {
     pub has_identity: bool,
 }
 
+/// An `amqp.tls` setting that cannot be used; the start stops with it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSettingsError {
+    #[error("cannot load the trusted certificates: {0}")]
+    Roots(rustls::Error),
+    #[error("{key} {}: cannot read it: {source}", path.display())]
+    Unreadable {
+        key: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{key} {}: not a PEM file: {detail}", path.display())]
+    NotPem {
+        key: &'static str,
+        path: PathBuf,
+        detail: rustls::pki_types::pem::Error,
+    },
+    #[error("{key} {}: no PEM certificate in it", path.display())]
+    NoCertificate { key: &'static str, path: PathBuf },
+    #[error("amqp.tls.key_file {}: no PEM private key in it", .0.display())]
+    NoPrivateKey(PathBuf),
+    #[error("amqp.tls.key_file {} does not go with amqp.tls.cert_file {}: {source}", key.display(), cert.display())]
+    KeyMismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("amqp.tls.cert_file and amqp.tls.key_file go together: set both or neither")]
+    HalfIdentity,
+    #[error("{0}")]
+    Protocol(rustls::Error),
+    #[error("no TLS configuration could be loaded")]
+    NotLoaded,
+}
+
 impl Tls {
     /// Loads `amqp.tls`. `Ok(None)` when no node uses TLS, no setting is
     /// made, and the system has no roots to load (plain AMQP still works).
-    pub fn load(config: &AmqpConfig) -> Result<Option<Arc<Tls>>, String> {
+    pub fn load(config: &AmqpConfig) -> Result<Option<Arc<Tls>>, TlsSettingsError> {
         let wanted = config.nodes().iter().any(|n| n.starts_with("amqps:"))
             || config.tls != Default::default();
         match Tls::build(config) {
@@ -55,7 +90,7 @@ impl Tls {
         }
     }
 
-    fn build(config: &AmqpConfig) -> Result<Tls, String> {
+    fn build(config: &AmqpConfig) -> Result<Tls, TlsSettingsError> {
         let settings = &config.tls;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut extra = Vec::new();
@@ -66,35 +101,29 @@ impl Tls {
             extra,
             provider.clone(),
         )
-        .map_err(|e| format!("amqp.tls: cannot load the trusted certificates: {e}"))?;
+        .map_err(TlsSettingsError::Roots)?;
         let identity = match (&settings.cert_file, &settings.key_file) {
             (Some(cert), Some(key)) => {
                 let chain = read_certificates(cert, "amqp.tls.cert_file")?;
-                let pem = std::fs::read(key).map_err(|e| {
-                    format!("amqp.tls.key_file {}: cannot read it: {e}", key.display())
+                let pem = std::fs::read(key).map_err(|source| TlsSettingsError::Unreadable {
+                    key: "amqp.tls.key_file",
+                    path: key.clone(),
+                    source,
                 })?;
-                let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
-                    format!(
-                        "amqp.tls.key_file {}: no PEM private key in it",
-                        key.display()
-                    )
-                })?;
-                let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
-                    format!(
-                        "amqp.tls.key_file {} does not go with amqp.tls.cert_file {}: {e}",
-                        key.display(),
-                        cert.display()
-                    )
-                })?;
+                let key_der = PrivateKeyDer::from_pem_slice(&pem)
+                    .map_err(|_| TlsSettingsError::NoPrivateKey(key.clone()))?;
+                let certified =
+                    CertifiedKey::from_der(chain, key_der, &provider).map_err(|source| {
+                        TlsSettingsError::KeyMismatch {
+                            key: key.clone(),
+                            cert: cert.clone(),
+                            source,
+                        }
+                    })?;
                 Some(Arc::new(certified))
             }
             (None, None) => None,
-            _ => {
-                return Err(
-                    "amqp.tls.cert_file and amqp.tls.key_file go together: set both or neither"
-                        .into(),
-                )
-            }
+            _ => return Err(TlsSettingsError::HalfIdentity),
         };
         Ok(Tls {
             provider,
@@ -105,11 +134,11 @@ impl Tls {
     }
 
     /// A connector for one connection to `host` (the URL's host).
-    pub fn session(&self, host: &str) -> Result<Session, String> {
+    pub fn session(&self, host: &str) -> Result<Session, TlsSettingsError> {
         let asked = Arc::new(AtomicBool::new(false));
         let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("amqp.tls: {e}"))?
+            .map_err(TlsSettingsError::Protocol)?
             .dangerous()
             .with_custom_certificate_verifier(self.verifier.clone())
             .with_client_cert_resolver(Arc::new(ClientIdentity {
@@ -128,17 +157,27 @@ impl Tls {
     }
 }
 
-fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))?;
+fn read_certificates(
+    path: &Path,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSettingsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsSettingsError::Unreadable {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{key} {}: not a PEM file: {e}", path.display()))?;
+        .map_err(|detail| TlsSettingsError::NotPem {
+            key,
+            path: path.to_path_buf(),
+            detail,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key} {}: no PEM certificate in it",
-            path.display()
-        ));
+        return Err(TlsSettingsError::NoCertificate {
+            key,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
