@@ -7,19 +7,19 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{NaiveDate, TimeZone};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::api::call_json;
 use super::auth::Admin;
-use super::body::{media_type, read_limited};
 use super::error::ApiError;
+use super::json_body::JsonBody;
 use crate::app::App;
 use crate::call::{kst_offset, to_utc_millis_string, CallStatus};
 use crate::cdr::normalize_number;
@@ -34,33 +34,39 @@ fn time(ms: Option<i64>) -> Value {
     })
 }
 
-/// A JSON object body of at most 16 KiB.
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
-    if media_type(headers) != "application/json" {
-        return Err(ApiError::UnsupportedMediaType("application/json"));
-    }
-    let bytes = read_limited(body).await.ok_or(ApiError::PayloadTooLarge)?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(ApiError::invalid("body", "expected a JSON object")),
-        Err(e) => Err(ApiError::invalid("body", format!("invalid JSON: {e}"))),
-    }
+/// `POST /api/admin/stores`
+#[derive(Deserialize)]
+pub struct NewStore {
+    #[serde(default)]
+    slug: String,
+    name: Option<String>,
+    numbers: Option<Vec<String>>,
 }
 
-fn string_field<'a>(
-    obj: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<&'a str>, ApiError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid(field, "expected a string")),
-    }
+/// `PATCH /api/admin/stores/{slug}`: at least one of them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreEdit {
+    name: Option<String>,
+    anonymous_tablets: Option<bool>,
+}
+
+/// `POST /api/admin/stores/{slug}/numbers`
+#[derive(Deserialize)]
+pub struct NewNumber {
+    number: Option<String>,
+}
+
+/// `POST /api/admin/stores/{slug}/tokens`
+#[derive(Deserialize)]
+pub struct NewToken {
+    label: Option<String>,
+    base: Option<String>,
 }
 
 /// A store's name as the CLI takes it: 1 to 200 characters, trimmed.
-fn store_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
-    let name = string_field(obj, "name")?.unwrap_or("").trim();
+fn store_name(name: Option<&str>) -> Result<String, ApiError> {
+    let name = name.unwrap_or("").trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name", "expected 1 to 200 characters"));
     }
@@ -123,32 +129,22 @@ pub async fn stores(State(app): State<App>, _admin: Admin) -> ApiResult {
 pub async fn store_create(
     State(app): State<App>,
     _admin: Admin,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(body): JsonBody<NewStore>,
 ) -> ApiResult {
-    let obj = json_body(&headers, body).await?;
-    let slug = string_field(&obj, "slug")?.unwrap_or("");
+    let slug = body.slug.as_str();
     if !crate::slug::is_valid(slug) {
         return Err(ApiError::invalid(
             "slug",
             format!("expected {}", crate::slug::RULE),
         ));
     }
-    let name = store_name(&obj)?;
-    let raw: Vec<&str> = match obj.get("numbers") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(list)) if list.len() <= 50 => list
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| ApiError::invalid("numbers", "expected strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(Value::Array(_)) => return Err(ApiError::invalid("numbers", "at most 50 numbers")),
-        Some(_) => return Err(ApiError::invalid("numbers", "expected an array of strings")),
-    };
+    let name = store_name(body.name.as_deref())?;
+    let raw = body.numbers.unwrap_or_default();
+    if raw.len() > 50 {
+        return Err(ApiError::invalid("numbers", "at most 50 numbers"));
+    }
     let mut numbers = Vec::new();
-    for n in raw {
+    for n in &raw {
         let d = store_number("numbers", n)?;
         if !numbers.contains(&d) {
             numbers.push(d);
@@ -184,23 +180,12 @@ pub async fn store_edit(
     State(app): State<App>,
     Path(slug): Path<String>,
     _admin: Admin,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(body): JsonBody<StoreEdit>,
 ) -> ApiResult {
-    let obj = json_body(&headers, body).await?;
-    let anonymous = match obj.get("anonymousTablets") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "anonymousTablets",
-                "expected true or false",
-            ))
-        }
-    };
-    let name = match obj.get("name") {
-        None | Some(Value::Null) if anonymous.is_some() => None,
-        _ => Some(store_name(&obj)?),
+    let anonymous = body.anonymous_tablets;
+    let name = match body.name.as_deref() {
+        None if anonymous.is_some() => None,
+        name => Some(store_name(name)?),
     };
     if let Some(name) = name {
         if !app.db.store_rename(&slug, &name).await? {
@@ -244,11 +229,9 @@ pub async fn number_add(
     State(app): State<App>,
     Path(slug): Path<String>,
     _admin: Admin,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(body): JsonBody<NewNumber>,
 ) -> ApiResult {
-    let obj = json_body(&headers, body).await?;
-    let Some(raw) = string_field(&obj, "number")? else {
+    let Some(raw) = body.number.as_deref() else {
         return Err(ApiError::invalid("number", "required"));
     };
     let number = store_number("number", raw)?;
@@ -357,20 +340,16 @@ pub async fn token_issue(
     Path(slug): Path<String>,
     _admin: Admin,
     headers: HeaderMap,
-    body: Body,
+    JsonBody(body): JsonBody<NewToken>,
 ) -> ApiResult {
-    let obj = json_body(&headers, body).await?;
-    let label = string_field(&obj, "label")?
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let label = body.label.as_deref().unwrap_or("").trim().to_string();
     if let Some(why) = crate::text::refused_char(&label, false) {
         return Err(ApiError::invalid("label", why));
     }
     if label.chars().count() > 200 {
         return Err(ApiError::invalid("label", "at most 200 characters"));
     }
-    let base = string_field(&obj, "base")?;
+    let base = body.base.as_deref();
     // Checked before the token exists, so a bad base issues nothing.
     tablet_url(base, &headers, "x")?;
     if !app.db.store_exists(&slug).await? {

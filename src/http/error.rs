@@ -23,7 +23,7 @@ pub enum ApiError {
     NotFound(&'static str),
     /// A request field that failed validation (422, naming it).
     Invalid {
-        field: &'static str,
+        field: std::borrow::Cow<'static, str>,
         error: String,
     },
     /// The request clashes with what is stored (409, naming the field):
@@ -41,7 +41,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn invalid(field: &'static str, error: impl Into<String>) -> Self {
         ApiError::Invalid {
-            field,
+            field: field.into(),
             error: error.into(),
         }
     }

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod json_body;
 pub mod pages;
 pub mod webhook;
 pub mod ws;
