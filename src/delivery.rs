@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, EventHandler, HandleError, Handled};
-use crate::call::{CallEvent, HandledEvent};
+use crate::call::{BusEvent, CallEvent, HandledEvent};
 use crate::config::Config;
 use crate::db::{Db, DbError, TokenInfo};
 use crate::hub::{Hub, Prepared};
@@ -138,11 +138,11 @@ impl Delivery {
         if first {
             tracing::info!(call = %call, store = %store, token = %token_id, "popup acknowledged");
             let ttl = self.config.bus.message_ttl;
-            let event = HandledEvent::new(call, store, label, Utc::now(), ttl);
+            let event = BusEvent::Handled(HandledEvent::new(call, store, label, Utc::now(), ttl));
             if let Some(bus) = self.bus.get().and_then(std::sync::Weak::upgrade) {
                 self.tasks.spawn(async move {
-                    if let Err(e) = bus.publish_handled(&event).await {
-                        tracing::warn!(call = %event.call_id, error = %e, "handled event not published yet");
+                    if let Err(e) = bus.publish(&event).await {
+                        tracing::warn!(call = %event.call_id(), error = %e, "handled event not published yet");
                     }
                 });
             }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::bus::SharedBus;
-use crate::call::mask_number;
+use crate::call::{mask_number, BusEvent};
 use crate::cdr::Cdr;
 use crate::config::Config;
 use crate::db::{CallRow, Conflict, Db, DbError, PublishMarks, Upsert};
@@ -124,7 +124,7 @@ async fn republish_if_unpublished(app: &Intake, cdr: &Cdr) {
 /// Publishes a stored change and records that it reached the bus.
 async fn publish(app: &Intake, row: &CallRow) {
     let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
-    match app.bus.publish(&event).await {
+    match app.bus.publish(&BusEvent::Call(event)).await {
         Ok(()) => {
             app.trail.received(&row.seq, row.updated_at, true);
             if let Err(e) = app.marks.mark(&row.seq, row.updated_at).await {

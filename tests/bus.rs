@@ -6,6 +6,7 @@
 
 mod common;
 
+use bizcall::call::BusEvent;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,9 +112,13 @@ async fn contract(
     assert_eq!(bus.state(), BusState::Up);
     // Events arrive whole and in order.
     for i in 0..20 {
-        bus.publish(&event(&format!("c{i}"), "s1", Duration::from_secs(30)))
-            .await
-            .expect("published");
+        bus.publish(&BusEvent::Call(event(
+            &format!("c{i}"),
+            "s1",
+            Duration::from_secs(30),
+        )))
+        .await
+        .expect("published");
     }
     for i in 0..20 {
         let (ev, _) = recv(&mut rx).await;
@@ -121,19 +126,27 @@ async fn contract(
         assert_eq!(ev.store, "s1");
     }
     // Another store's event arrives only where every event does.
-    bus.publish(&event("elsewhere", "s9", Duration::from_secs(30)))
-        .await
-        .expect("published");
+    bus.publish(&BusEvent::Call(event(
+        "elsewhere",
+        "s9",
+        Duration::from_secs(30),
+    )))
+    .await
+    .expect("published");
     if everything {
         assert_eq!(recv(&mut rx).await.0.call_id, "elsewhere");
     }
     // An event already past its expiry is never handed over.
     let mut stale = event("stale", "s1", Duration::from_secs(30));
     stale.expires_at = Utc::now() - chrono::Duration::seconds(1);
-    let _ = bus.publish(&stale).await;
-    bus.publish(&event("fresh", "s1", Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let _ = bus.publish(&BusEvent::Call(stale.clone())).await;
+    bus.publish(&BusEvent::Call(event(
+        "fresh",
+        "s1",
+        Duration::from_secs(30),
+    )))
+    .await
+    .unwrap();
     assert_eq!(recv(&mut rx).await.0.call_id, "fresh");
     nothing_more(&mut rx).await;
     bus.shutdown().await;
@@ -207,10 +220,10 @@ async fn every_rabbitmq_instance_gets_every_event() {
     let (h2, mut rx2) = recorder(Behaviour::Accept);
     let a = amqp_bus(&broker, Routing::Fanout, &[], |_| {}, h1).await;
     let b = amqp_bus(&broker, Routing::Fanout, &[], |_| {}, h2).await;
-    a.publish(&event("x1", "s", Duration::from_secs(30)))
+    a.publish(&BusEvent::Call(event("x1", "s", Duration::from_secs(30))))
         .await
         .unwrap();
-    b.publish(&event("x2", "s", Duration::from_secs(30)))
+    b.publish(&BusEvent::Call(event("x2", "s", Duration::from_secs(30))))
         .await
         .unwrap();
     for rx in [&mut rx1, &mut rx2] {
@@ -252,7 +265,7 @@ async fn retried_with_backoff_then_dead_lettered(routing: Routing) {
         handler,
     )
     .await;
-    bus.publish(&event("r1", "s", Duration::from_secs(30)))
+    bus.publish(&BusEvent::Call(event("r1", "s", Duration::from_secs(30))))
         .await
         .unwrap();
     let (_, t0) = recv(&mut rx).await;
@@ -310,7 +323,7 @@ async fn no_retry_after_one_attempt(routing: Routing) {
         handler,
     )
     .await;
-    bus.publish(&event("once", "s", Duration::from_secs(30)))
+    bus.publish(&BusEvent::Call(event("once", "s", Duration::from_secs(30))))
         .await
         .unwrap();
     let (ev, _) = recv(&mut rx).await;
@@ -339,13 +352,13 @@ async fn manual_ack_holds_until_acknowledged(routing: Routing) {
         handler.clone(),
     )
     .await;
-    bus.publish(&event("m1", "s", Duration::from_secs(30)))
+    bus.publish(&BusEvent::Call(event("m1", "s", Duration::from_secs(30))))
         .await
         .unwrap();
     // m2 lives long enough for the broker's counts to be read in between,
     // even on a loaded machine where one `rabbitmqctl` call takes seconds
     // (with 8 s it sometimes expired before the second count).
-    bus.publish(&event("m2", "s", Duration::from_secs(20)))
+    bus.publish(&BusEvent::Call(event("m2", "s", Duration::from_secs(20))))
         .await
         .unwrap();
     recv(&mut rx).await;
@@ -382,9 +395,13 @@ async fn none_and_auto_leave_nothing_unacknowledged(routing: Routing) {
         )
         .await;
         for i in 0..5 {
-            bus.publish(&event(&format!("n{i}"), "s", Duration::from_secs(30)))
-                .await
-                .unwrap();
+            bus.publish(&BusEvent::Call(event(
+                &format!("n{i}"),
+                "s",
+                Duration::from_secs(30),
+            )))
+            .await
+            .unwrap();
         }
         for _ in 0..5 {
             recv(&mut rx).await;
@@ -482,7 +499,11 @@ async fn store_routing_delivers_a_store_only_where_it_is_followed() {
 
     let publish = |bus: &Arc<dyn Bus>, id: &str, store: &str| {
         let (bus, ev) = (bus.clone(), event(id, store, Duration::from_secs(30)));
-        async move { bus.publish(&ev).await.expect("published") }
+        async move {
+            bus.publish(&BusEvent::Call(ev.clone()))
+                .await
+                .expect("published")
+        }
     };
     publish(&a, "x1", "s1").await;
     publish(&a, "x2", "s2").await;
@@ -568,7 +589,11 @@ async fn outbox_republishes_after_reconnection(routing: Routing) {
     })
     .await;
     let kept = bus
-        .publish(&event("while-away", "s", Duration::from_secs(30)))
+        .publish(&BusEvent::Call(event(
+            "while-away",
+            "s",
+            Duration::from_secs(30),
+        )))
         .await;
     assert!(kept.is_err(), "a publish without a broker is not confirmed");
     relay.restore();
@@ -605,9 +630,13 @@ async fn store_routing_dlq_replay_reaches_the_store() {
         failing,
     )
     .await;
-    dead.publish(&event("again", "s", Duration::from_secs(30)))
-        .await
-        .unwrap();
+    dead.publish(&BusEvent::Call(event(
+        "again",
+        "s",
+        Duration::from_secs(30),
+    )))
+    .await
+    .unwrap();
     recv(&mut failed).await;
     common::eventually(Duration::from_secs(10), "dead-lettered", || async {
         broker.dlq_depth().await == 1

@@ -6,6 +6,7 @@
 
 mod common;
 
+use bizcall::call::BusEvent;
 use std::time::Duration;
 
 use common::stomp::Client;
@@ -305,10 +306,10 @@ async fn a_repeated_or_expired_handled_event_is_passed_on_once_or_never() {
         chrono::Utc::now() - chrono::Duration::seconds(31),
         ttl,
     );
-    bus.publish_handled(&old).await.unwrap();
+    bus.publish(&BusEvent::Handled(old.clone())).await.unwrap();
     let ev = bizcall::call::HandledEvent::new("d1", "twice", "desk", chrono::Utc::now(), ttl);
-    bus.publish_handled(&ev).await.unwrap();
-    bus.publish_handled(&ev).await.unwrap();
+    bus.publish(&BusEvent::Handled(ev.clone())).await.unwrap();
+    bus.publish(&BusEvent::Handled(ev.clone())).await.unwrap();
     let fields = [
         ("seq", "d2"),
         ("sdt", "20261122101500"),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use bizcall::call::BusEvent;
 use std::time::Duration;
 
 use common::stomp::Client;
@@ -446,7 +447,12 @@ async fn slow_consumers_are_dropped_with_an_error() {
             expires_at: now + chrono::Duration::seconds(60),
             published_us: None,
         };
-        ctx.server.app.bus.publish(&ev).await.unwrap();
+        ctx.server
+            .app
+            .bus
+            .publish(&BusEvent::Call(ev.clone()))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut messages = 0;

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bus, BusError, BusState, EventHandler};
-use crate::call::{BusEvent, CallEvent, HandledEvent};
+use crate::call::BusEvent;
 use crate::metrics as m;
 
 /// Events waiting for the handler before publishers are told to wait.
@@ -60,12 +60,8 @@ impl LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
-        self.send(BusEvent::Call(event.clone())).await
-    }
-
-    async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
-        self.send(BusEvent::Handled(event.clone())).await
+    async fn publish(&self, event: &BusEvent) -> Result<(), BusError> {
+        self.send(event.clone()).await
     }
 
     fn state(&self) -> BusState {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::call::{CallEvent, HandledEvent};
+use crate::call::{BusEvent, CallEvent, HandledEvent};
 
 /// How the bus link stands, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +103,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes an event. `Ok` means every instance will see it (for
     /// RabbitMQ: the broker confirmed it). On error the event is kept and
     /// published later while it is still inside its TTL.
-    async fn publish(&self, event: &CallEvent) -> Result<(), BusError>;
-
-    /// Publishes that a tablet took a call, under the same rules.
-    async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError>;
+    async fn publish(&self, event: &BusEvent) -> Result<(), BusError>;
 
     fn state(&self) -> BusState;
 

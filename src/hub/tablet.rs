@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::call::{CallEvent, EventKind, HandledEvent};
+use crate::call::{BusEvent, CallEvent, EventKind, HandledEvent};
 use crate::metrics as m;
 
 /// Why the hub asks a tablet's connection to end; the transport turns it
@@ -170,33 +170,25 @@ impl AckBook {
 /// event, not once per tablet.
 #[derive(Debug)]
 pub struct Prepared {
-    event: Payload,
+    event: BusEvent,
     pub json: String,
     /// The legacy destination's body, written when first asked for.
     legacy: std::sync::OnceLock<String>,
 }
 
-#[derive(Debug)]
-enum Payload {
-    Call(CallEvent),
-    Handled(HandledEvent),
-}
-
 impl Prepared {
     pub fn new(event: CallEvent) -> Self {
-        let json = event.to_json();
-        Prepared {
-            event: Payload::Call(event),
-            json,
-            legacy: std::sync::OnceLock::new(),
-        }
+        Self::of(BusEvent::Call(event))
     }
 
     pub fn handled(event: HandledEvent) -> Self {
-        let json = event.to_json();
+        Self::of(BusEvent::Handled(event))
+    }
+
+    fn of(event: BusEvent) -> Self {
         Prepared {
-            event: Payload::Handled(event),
-            json,
+            json: event.to_json(),
+            event,
             legacy: std::sync::OnceLock::new(),
         }
     }
@@ -204,52 +196,37 @@ impl Prepared {
     /// The call event, when this is one.
     pub fn call(&self) -> Option<&CallEvent> {
         match &self.event {
-            Payload::Call(e) => Some(e),
-            Payload::Handled(_) => None,
+            BusEvent::Call(e) => Some(e),
+            BusEvent::Handled(_) => None,
         }
     }
 
     pub fn kind(&self) -> EventKind {
         match &self.event {
-            Payload::Call(_) => EventKind::Call,
-            Payload::Handled(_) => EventKind::Handled,
+            BusEvent::Call(_) => EventKind::Call,
+            BusEvent::Handled(_) => EventKind::Handled,
         }
     }
 
     pub fn call_id(&self) -> &str {
-        match &self.event {
-            Payload::Call(e) => &e.call_id,
-            Payload::Handled(e) => &e.call_id,
-        }
+        self.event.call_id()
     }
 
     pub fn store(&self) -> &str {
-        match &self.event {
-            Payload::Call(e) => &e.store,
-            Payload::Handled(e) => &e.store,
-        }
+        self.event.store()
     }
 
     /// When its bus message was published, in microseconds (RabbitMQ).
     pub fn published_us(&self) -> Option<i64> {
-        match &self.event {
-            Payload::Call(e) => e.published_us,
-            Payload::Handled(_) => None,
-        }
+        self.call().and_then(|e| e.published_us)
     }
 
     pub fn published_at(&self) -> DateTime<Utc> {
-        match &self.event {
-            Payload::Call(e) => e.published_at,
-            Payload::Handled(e) => e.at,
-        }
+        self.event.published_at()
     }
 
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        match &self.event {
-            Payload::Call(e) => e.is_live(now),
-            Payload::Handled(e) => e.is_live(now),
-        }
+        self.event.is_live(now)
     }
 
     /// The body on `/ws/v1/topic/call-store/<slug>`: call popups only.

@@ -250,7 +250,7 @@ fn backoff(failures: u32) -> Duration {
 impl AmqpBus {
     /// Publishes and waits for the confirm; on failure the event is kept
     /// (copied only then) for a later republish.
-    async fn publish_event<E: Outgoing>(&self, event: &E) -> Result<(), BusError> {
+    async fn publish_event(&self, event: &BusEvent) -> Result<(), BusError> {
         let link = self.inner.link.read().await.clone();
         let result = match link {
             Some(link) => self.inner.publish_on(&link, event).await,
@@ -266,11 +266,7 @@ impl AmqpBus {
 
 #[async_trait]
 impl Bus for AmqpBus {
-    async fn publish(&self, event: &CallEvent) -> Result<(), BusError> {
-        self.publish_event(event).await
-    }
-
-    async fn publish_handled(&self, event: &HandledEvent) -> Result<(), BusError> {
+    async fn publish(&self, event: &BusEvent) -> Result<(), BusError> {
         self.publish_event(event).await
     }
 

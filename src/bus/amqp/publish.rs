@@ -55,88 +55,9 @@ pub(super) fn transit(sent_us: Option<i64>, published_at: chrono::DateTime<Utc>)
     }
 }
 
-/// What can be published: a call event, a handled event, or either one
-/// kept in the outbox.
-pub(super) trait Outgoing: Sync {
-    fn call_id(&self) -> &str;
-    /// The store's slug: the routing key of store-routed delivery.
-    fn store(&self) -> &str;
-    fn published_at(&self) -> chrono::DateTime<Utc>;
-    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration;
-    fn to_json(&self) -> String;
-    fn to_bus_event(&self) -> BusEvent;
-}
-
-impl Outgoing for CallEvent {
-    fn call_id(&self) -> &str {
-        &self.call_id
-    }
-    fn store(&self) -> &str {
-        &self.store
-    }
-    fn published_at(&self) -> chrono::DateTime<Utc> {
-        self.published_at
-    }
-    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration {
-        CallEvent::time_left(self, now)
-    }
-    fn to_json(&self) -> String {
-        CallEvent::to_json(self)
-    }
-    fn to_bus_event(&self) -> BusEvent {
-        BusEvent::Call(self.clone())
-    }
-}
-
-impl Outgoing for HandledEvent {
-    fn call_id(&self) -> &str {
-        &self.call_id
-    }
-    fn store(&self) -> &str {
-        &self.store
-    }
-    fn published_at(&self) -> chrono::DateTime<Utc> {
-        self.at
-    }
-    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration {
-        HandledEvent::time_left(self, now)
-    }
-    fn to_json(&self) -> String {
-        HandledEvent::to_json(self)
-    }
-    fn to_bus_event(&self) -> BusEvent {
-        BusEvent::Handled(self.clone())
-    }
-}
-
-impl Outgoing for BusEvent {
-    fn call_id(&self) -> &str {
-        BusEvent::call_id(self)
-    }
-    fn store(&self) -> &str {
-        BusEvent::store(self)
-    }
-    fn published_at(&self) -> chrono::DateTime<Utc> {
-        BusEvent::published_at(self)
-    }
-    fn time_left(&self, now: chrono::DateTime<Utc>) -> Duration {
-        BusEvent::time_left(self, now)
-    }
-    fn to_json(&self) -> String {
-        BusEvent::to_json(self)
-    }
-    fn to_bus_event(&self) -> BusEvent {
-        self.clone()
-    }
-}
-
 impl Inner {
     /// Publishes one event on `link` and waits for the broker's confirm.
-    pub(super) async fn publish_on<E: Outgoing>(
-        &self,
-        link: &Link,
-        event: &E,
-    ) -> Result<(), BusError> {
+    pub(super) async fn publish_on(&self, link: &Link, event: &BusEvent) -> Result<(), BusError> {
         let left = event.time_left(Utc::now());
         if left.is_zero() {
             m::expired_before_delivery();
@@ -173,12 +94,12 @@ impl Inner {
         }
     }
 
-    pub(super) fn keep<E: Outgoing>(&self, event: &E) {
+    pub(super) fn keep(&self, event: &BusEvent) {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         if outbox.len() >= OUTBOX_CAPACITY {
             outbox.pop_front();
         }
-        outbox.push_back(event.to_bus_event());
+        outbox.push_back(event.clone());
     }
 
     /// Republishes what failed while the broker was away, if still live.
