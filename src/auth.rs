@@ -56,12 +56,14 @@ const SWEEP_ABOVE: usize = 10_000;
 
 /// Counts failed sign-ins per client address. Once an address has failed
 /// `limit` times within `window`, its sign-ins are refused until that
-/// window ends, whatever token they carry. IPv6 clients count per /64,
-/// the block one subscriber usually holds.
+/// window ends, whatever token they carry. IPv6 clients count per `server.ipv6_prefix`
+/// block (/64 by default: the block one subscriber usually holds).
 #[derive(Debug)]
 pub struct LoginGuard {
     /// Failures allowed per window; 0 turns refusing off (still counted).
     limit: u32,
+    /// How addresses are grouped (IPv6 by `server.ipv6_prefix`).
+    group: crate::address::AddressGroup,
     window: Duration,
     state: Mutex<GuardState>,
 }
@@ -77,8 +79,14 @@ struct GuardState {
 
 impl LoginGuard {
     pub fn new(limit: u32, window: Duration) -> Self {
+        Self::grouped(limit, window, crate::address::AddressGroup::default())
+    }
+
+    /// The same, grouping addresses by `group`.
+    pub fn grouped(limit: u32, window: Duration, group: crate::address::AddressGroup) -> Self {
         LoginGuard {
             limit,
+            group,
             window,
             state: Mutex::new(GuardState {
                 by_address: HashMap::new(),
@@ -102,7 +110,7 @@ impl LoginGuard {
         }
         let now = Instant::now();
         let state = self.lock();
-        let Some(f) = state.by_address.get(&key(client)).copied() else {
+        let Some(f) = state.by_address.get(&self.group.of(client)).copied() else {
             return Ok(());
         };
         let ends = f.since + self.window;
@@ -126,10 +134,13 @@ impl LoginGuard {
             state.by_address.retain(|_, f| now < f.since + window);
             state.sweep_above = (state.by_address.len() * 2).max(SWEEP_ABOVE);
         }
-        let f = state.by_address.entry(key(client)).or_insert(Failures {
-            since: now,
-            count: 0,
-        });
+        let f = state
+            .by_address
+            .entry(self.group.of(client))
+            .or_insert(Failures {
+                since: now,
+                count: 0,
+            });
         if now >= f.since + window {
             *f = Failures {
                 since: now,
@@ -184,17 +195,6 @@ impl GuardState {
             self.log_dropped += 1;
             false
         }
-    }
-}
-
-/// The address failures are counted under: IPv6 by its /64.
-fn key(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
     }
 }
 

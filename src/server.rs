@@ -165,9 +165,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         bus: bus.clone(),
         hub,
         delivery,
-        logins: Arc::new(LoginGuard::new(
+        logins: Arc::new(LoginGuard::grouped(
             config.server.auth_fail_limit,
             config.server.auth_fail_window,
+            crate::address::AddressGroup::new(config.server.ipv6_prefix),
         )),
         metrics,
         shutdown: shutdown.clone(),
