@@ -4,7 +4,9 @@
 //! instance is killed, the broker restarts, and every instance is restarted
 //! in turn. Prints a summary table and fails on any loss, duplicate or leak.
 //!
-//! It restarts the shared broker, so it lives alone in its own test binary.
+//! The broker is a RabbitMQ node of the test's own (tests/common/rabbit.rs),
+//! never the shared one: stopping it disturbs no other client, and the
+//! node goes, pass or fail, when `nodes` is dropped.
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fleet::{print_cdr_rows, run_tablet, SentAt, Tablet, TabletLog, Tally};
-use common::{rabbitmqctl, StartAppOnDrop};
+use common::rabbit::Nodes;
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -99,13 +101,14 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_behind_nginx_survive_failures() {
-    let _guard = StartAppOnDrop;
+    let nodes = tokio::task::block_in_place(Nodes::single);
+    let node = &nodes.nodes[0];
     assert!(
         Path::new("/usr/sbin/nginx").exists(),
         "nginx is missing: apt-get install nginx (scripts/test does)"
     );
     let db = TestDb::new(Backend::Postgres).await;
-    let broker = Broker::new();
+    let broker = Broker::on(&node.url());
     let pool = db.connect().await;
     let mut tokens = Vec::new();
     for s in 0..STORES {
@@ -253,8 +256,13 @@ async fn three_instances_behind_nginx_survive_failures() {
                     }
                 }
                 (1, 200) => cluster.start_instance(1),
-                (2, 60) => rabbitmqctl(&["stop_app"]),
-                (2, 160) => rabbitmqctl(&["start_app"]),
+                // The broker node stops its application, then starts it.
+                (2, 60) => {
+                    tokio::task::block_in_place(|| node.ctl_ok(&["stop_app"]));
+                }
+                (2, 160) => {
+                    tokio::task::block_in_place(|| node.ctl_ok(&["start_app"]));
+                }
                 (3, 20) | (3, 100) | (3, 180) => {
                     // Rolling restart: SIGTERM, then start again.
                     let i = [20, 100, 180].iter().position(|x| *x == k).unwrap();
@@ -331,6 +339,6 @@ async fn three_instances_behind_nginx_survive_failures() {
 
     drop(cluster);
     pool.close().await;
-    broker.cleanup().await;
     db.cleanup().await;
+    // The broker's names go with the node, and the node with `nodes`.
 }

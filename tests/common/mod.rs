@@ -298,8 +298,10 @@ impl Drop for Instance {
     }
 }
 
-/// RabbitMQ names of one test, deleted by `cleanup`.
+/// RabbitMQ names of one test on one broker, deleted by `cleanup`.
 pub struct Broker {
+    /// The broker: the shared one (`amqp_url`), or a node of the test's own.
+    pub url: String,
     pub exchange: String,
     pub prefix: String,
     pub dlx: String,
@@ -307,9 +309,17 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Names on the shared broker.
     pub fn new() -> Self {
+        Self::on(&amqp_url())
+    }
+
+    /// Names on the broker at `url` (a node of the test's own:
+    /// `rabbit::Node::url`).
+    pub fn on(url: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Broker {
+            url: url.to_string(),
             exchange: format!("bizcall-test-x-{id}"),
             prefix: format!("bizcall-test-q-{id}"),
             dlx: format!("bizcall-test-dlx-{id}"),
@@ -317,12 +327,12 @@ impl Broker {
         }
     }
 
-    /// Points a configuration's bus at these names on the test broker.
+    /// Points a configuration's bus at these names on this broker.
     pub fn apply(&self, c: &mut Config) {
         c.bus.kind = bizcall::config::BusKind::Amqp;
         // Tests post CDRs without a key: said on purpose.
         c.webhook.open = true;
-        c.amqp.url = amqp_url();
+        c.amqp.url = self.url.clone();
         c.amqp.exchange = self.exchange.clone();
         c.amqp.queue_prefix = self.prefix.clone();
         c.amqp.dead_letter_exchange = self.dlx.clone();
@@ -334,7 +344,7 @@ impl Broker {
         vec![
             ("BIZCALL_BUS__KIND".into(), "amqp".into()),
             ("BIZCALL_WEBHOOK__OPEN".into(), "true".into()),
-            ("BIZCALL_AMQP__URL".into(), amqp_url()),
+            ("BIZCALL_AMQP__URL".into(), self.url.clone()),
             ("BIZCALL_AMQP__EXCHANGE".into(), self.exchange.clone()),
             ("BIZCALL_AMQP__QUEUE_PREFIX".into(), self.prefix.clone()),
             (
@@ -346,7 +356,7 @@ impl Broker {
     }
 
     pub async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
-        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        let conn = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
             .await
             .expect("test broker");
         let ch = conn.create_channel().await.expect("channel");
@@ -514,29 +524,5 @@ pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
     {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
-    }
-}
-
-/// Runs `rabbitmqctl <args>`, asserting it succeeds.
-pub fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts the broker's application again however a test that stops it ends.
-pub struct StartAppOnDrop;
-
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
     }
 }

@@ -348,6 +348,15 @@ impl Nodes {
         }
     }
 
+    /// One node with a plain listener, started and up. Blocks for the
+    /// node's boot: from async code, call it inside `block_in_place`.
+    pub fn single() -> Nodes {
+        let mut nodes = Nodes::new();
+        nodes.add(Listen::Plain);
+        nodes.wait_all();
+        nodes
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
