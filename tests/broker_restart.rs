@@ -55,18 +55,7 @@ async fn cdrs_survive_connection_loss_and_a_broker_restart() {
         while !stop2.is_cancelled() {
             n += 1;
             let seq = format!("r{n}");
-            let code = common::post_cdr(
-                &base2,
-                &[
-                    ("seq", &seq),
-                    ("sdt", "20261122101500"),
-                    ("fromn", "0101"),
-                    ("ton", "02"),
-                    ("vn", "0501"),
-                ],
-            )
-            .await;
-            if code == 200 {
+            if common::post_call(&base2, &seq, "0501").await == 200 {
                 ok2.lock().unwrap().push(seq);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,14 +19,7 @@ impl Ctx {
     }
 
     async fn call(&self, seq: &str, number: &str) {
-        let fields = [
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "010-2222-3333"),
-            ("ton", "0299990000"),
-            ("vn", number),
-        ];
-        assert_eq!(common::post_cdr(&self.base(), &fields).await, 200);
+        assert_eq!(common::post_call(&self.base(), seq, number).await, 200);
     }
 
     async fn finish(self) {

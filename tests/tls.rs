@@ -335,11 +335,7 @@ async fn amqps_to_a_real_tls_node() {
         (&b, format!("amqps://127.0.0.1:{tls_port}")),
     ] {
         let base_url = i.base();
-        common::eventually(Duration::from_secs(60), "bus up over TLS", || {
-            let base_url = base_url.clone();
-            async move { common::metric(&base_url, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&base_url, Duration::from_secs(60)).await;
         let ready: serde_json::Value = common::http()
             .get(format!("{base_url}/readyz"))
             .send()
@@ -381,18 +377,7 @@ async fn amqps_to_a_real_tls_node() {
     tablet.connect(&token).await;
     tablet.subscribe("tls1", "0", "auto").await;
     for (instance, seq) in [(&a, "tls-a1"), (&b, "tls-b1")] {
-        let code = common::post_cdr(
-            &instance.base(),
-            &[
-                ("seq", seq),
-                ("sdt", "20261122101500"),
-                ("fromn", "01012341234"),
-                ("ton", "0211112222"),
-                ("vn", VN),
-            ],
-        )
-        .await;
-        assert_eq!(code, 200);
+        assert_eq!(common::post_call(&instance.base(), seq, VN).await, 200);
         let got = tablet.expect("MESSAGE").await;
         assert_eq!(got.json()["store"], "tls1", "{:?}", got.json());
     }

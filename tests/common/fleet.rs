@@ -36,6 +36,28 @@ pub struct Tablet {
 /// When each call's CDR was first posted.
 pub type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// Store `store`'s number in a test's `series`: the series, then the
+/// store's index in four digits.
+pub fn vn(series: &str, store: usize) -> String {
+    format!("{series}{store:04}")
+}
+
+/// Posts a ringing CDR for `vn` the way the provider does: again and again
+/// for up to 60 s until an instance answers `OK`, trying `bases` in turn
+/// from `bases[first % len]`. False when none ever did.
+pub async fn provider_post(bases: &[String], first: usize, seq: &str, vn: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = first;
+    while Instant::now() < deadline {
+        if super::post_call(&bases[i % bases.len()], seq, vn).await == 200 {
+            return true;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 /// Sends `frame` and waits up to 5 s for a frame of command `answer`.
 async fn exchange(c: &mut Client, frame: &str, answer: &str) -> bool {
     c.send_raw(frame).await;
