@@ -887,14 +887,7 @@ async fn the_console_page_has_the_tablet_pages_security_headers() {
         assert_eq!(common::header(&r, "x-content-type-options"), "nosniff");
     }
     // The script builds the page from text only: no HTML from the API.
-    let js = common::http()
-        .get(ctx.url("/admin.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let js = common::get_text(&ctx.url("/admin.js")).await;
     assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
     ctx.cleanup().await;
 }

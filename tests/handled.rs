@@ -137,15 +137,7 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     assert_eq!(next_a.json()["type"], "call");
 
     // The call list, asked on the other instance, says who took it.
-    let list: serde_json::Value = common::http()
-        .get(format!("{}/api/stores/{SLUG}/calls", two.base()))
-        .bearer_auth(&bay)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{}/api/stores/{SLUG}/calls", two.base()), &bay).await;
     let h1 = list
         .as_array()
         .unwrap()

@@ -395,15 +395,7 @@ async fn a_repeated_seq_cannot_move_a_call_and_is_logged_masked() {
         "text/plain; charset=utf-8"
     );
     assert!(r.text().await.unwrap().starts_with("conflict: vn: "));
-    let list: serde_json::Value = common::http()
-        .get(format!("{}/api/stores/s1/calls", server.base()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{}/api/stores/s1/calls", server.base()), &token).await;
     assert_eq!(list[0]["callId"], "M1");
     assert_eq!(
         common::metric_labelled(

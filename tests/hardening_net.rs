@@ -227,15 +227,7 @@ async fn idle_connections_over_the_cap_leave_the_webhook_and_tablets_working() {
     assert_eq!(common::post_call(&hook, "after", VN).await, 200);
     popup(&mut tablet, "after").await;
     popup(&mut second, "after").await;
-    let calls: serde_json::Value = common::http()
-        .get(format!("{base}/api/stores/wash/calls"))
-        .bearer_auth(&setup.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let calls = common::get_json(&format!("{base}/api/stores/wash/calls"), &setup.token).await;
     let text = calls.to_string();
     let stored = (0..sent)
         .filter(|i| text.contains(&format!("\"hold{i}\"")))

@@ -169,15 +169,11 @@ async fn tablet_page_in_headless_chromium() {
     assert_eq!(call["status"], "answered");
     assert_eq!(call["acknowledged"], true, "acknowledged from the page");
     assert_eq!(call["acknowledgedBy"], "js");
-    let reservations: serde_json::Value = common::http()
-        .get(format!("{base}/api/stores/page-store/reservations"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reservations = common::get_json(
+        &format!("{base}/api/stores/page-store/reservations"),
+        &token,
+    )
+    .await;
     let tomorrow = (chrono::Utc::now() + chrono::Duration::hours(9 + 24))
         .format("%Y-%m-%d")
         .to_string();
