@@ -11,12 +11,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fleet::{
-    print_cdr_rows, provider_post, run_tablet, vn, SentAt, Tablet, TabletLog, Tally,
-};
+use common::fleet::{add_stores, print_cdr_rows, provider_post, start_tablets, vn, SentAt, Tally};
 use common::nginx::Nginx;
 use common::rabbit::Nodes;
 use common::{Backend, Broker, Instance, TestDb};
@@ -59,18 +57,7 @@ async fn three_instances_behind_nginx_survive_failures() {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::on(&node.url());
     let pool = db.connect().await;
-    let mut tokens = Vec::new();
-    for s in 0..STORES {
-        let slug = format!("store{s:02}");
-        pool.store_add(&slug, &slug, &[vn(SERIES, s)])
-            .await
-            .unwrap();
-        let mut t = Vec::new();
-        for _ in 0..TABLETS_PER_STORE {
-            t.push(pool.token_issue(&slug, "cluster").await.unwrap().1);
-        }
-        tokens.push((slug, t));
-    }
+    let tokens = add_stores(&pool, STORES, SERIES, TABLETS_PER_STORE, "cluster").await;
 
     let mut env = broker.env();
     env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
@@ -99,25 +86,7 @@ async fn three_instances_behind_nginx_survive_failures() {
     // Tablets, through nginx.
     let sent: SentAt = Arc::default();
     let stop = CancellationToken::new();
-    let mut tablets = Vec::new();
-    let mut tasks = Vec::new();
-    for (slug, toks) in &tokens {
-        for tok in toks {
-            let log: Arc<Mutex<TabletLog>> = Arc::default();
-            tablets.push(Tablet {
-                slug: slug.clone(),
-                log: log.clone(),
-            });
-            tasks.push(tokio::spawn(run_tablet(
-                base.clone(),
-                slug.clone(),
-                tok.clone(),
-                log,
-                sent.clone(),
-                stop.clone(),
-            )));
-        }
-    }
+    let (tablets, tasks) = start_tablets(&tokens, std::slice::from_ref(&base), &sent, &stop);
     common::eventually(Duration::from_secs(30), "all tablets connected", || async {
         let mut n = 0.0;
         for p in &cluster.ports {

@@ -14,9 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fleet::{
-    print_cdr_rows, provider_post, run_tablet, vn, SentAt, Tablet, TabletLog, Tally,
-};
+use common::fleet::{add_stores, print_cdr_rows, provider_post, start_tablets, vn, SentAt, Tally};
 use common::rabbit::{Listen, Nodes};
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -71,18 +69,7 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::new();
     let pool = db.connect().await;
-    let mut tokens = Vec::new();
-    for s in 0..STORES {
-        let slug = format!("store{s:02}");
-        pool.store_add(&slug, &slug, &[vn(SERIES, s)])
-            .await
-            .unwrap();
-        let mut t = Vec::new();
-        for _ in 0..TABLETS_PER_STORE {
-            t.push(pool.token_issue(&slug, "rabbit").await.unwrap().1);
-        }
-        tokens.push((slug, t));
-    }
+    let tokens = add_stores(&pool, STORES, SERIES, TABLETS_PER_STORE, "rabbit").await;
 
     // Each instance lists the three nodes in another order.
     let orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
@@ -191,27 +178,7 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
     // Tablets: spread over the instances.
     let sent: SentAt = Arc::default();
     let stop = CancellationToken::new();
-    let mut tablets = Vec::new();
-    let mut tasks = Vec::new();
-    let mut k = 0;
-    for (slug, toks) in &tokens {
-        for tok in toks {
-            let log: Arc<Mutex<TabletLog>> = Arc::default();
-            tablets.push(Tablet {
-                slug: slug.clone(),
-                log: log.clone(),
-            });
-            tasks.push(tokio::spawn(run_tablet(
-                bases[k % bases.len()].clone(),
-                slug.clone(),
-                tok.clone(),
-                log,
-                sent.clone(),
-                stop.clone(),
-            )));
-            k += 1;
-        }
-    }
+    let (tablets, tasks) = start_tablets(&tokens, &bases, &sent, &stop);
     common::eventually(Duration::from_secs(60), "all tablets connected", || async {
         let mut n = 0.0;
         for b in &bases {

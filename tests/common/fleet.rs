@@ -58,6 +58,60 @@ pub async fn provider_post(bases: &[String], first: usize, seq: &str, vn: &str) 
     false
 }
 
+/// Stores `store00`, `store01`, … (`stores` of them), each on
+/// `vn(series, i)` with `per_store` tablet tokens labelled `label`; returns
+/// (slug, tokens) per store.
+pub async fn add_stores(
+    db: &bizcall::db::Db,
+    stores: usize,
+    series: &str,
+    per_store: usize,
+    label: &str,
+) -> Vec<(String, Vec<String>)> {
+    let mut tokens = Vec::new();
+    for s in 0..stores {
+        let slug = format!("store{s:02}");
+        db.store_add(&slug, &slug, &[vn(series, s)]).await.unwrap();
+        let mut t = Vec::new();
+        for _ in 0..per_store {
+            t.push(db.token_issue(&slug, label).await.unwrap().1);
+        }
+        tokens.push((slug, t));
+    }
+    tokens
+}
+
+/// One `run_tablet` per token of `tokens` (from `add_stores`), the k-th of
+/// them all against `bases[k % len]`, until `stop`; returns the tablets and
+/// their tasks.
+pub fn start_tablets(
+    tokens: &[(String, Vec<String>)],
+    bases: &[String],
+    sent: &SentAt,
+    stop: &CancellationToken,
+) -> (Vec<Tablet>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut tablets = Vec::new();
+    let mut tasks = Vec::new();
+    for (slug, toks) in tokens {
+        for tok in toks {
+            let log: Arc<Mutex<TabletLog>> = Arc::default();
+            tablets.push(Tablet {
+                slug: slug.clone(),
+                log: log.clone(),
+            });
+            tasks.push(tokio::spawn(run_tablet(
+                bases[tasks.len() % bases.len()].clone(),
+                slug.clone(),
+                tok.clone(),
+                log,
+                sent.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    (tablets, tasks)
+}
+
 /// Sends `frame` and waits up to 5 s for a frame of command `answer`.
 async fn exchange(c: &mut Client, frame: &str, answer: &str) -> bool {
     c.send_raw(frame).await;
