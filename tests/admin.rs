@@ -860,18 +860,12 @@ async fn the_console_page_has_the_tablet_pages_security_headers() {
     let ctx = Ctx::new(Backend::Sqlite).await;
     let r = common::http().get(ctx.url("/admin")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let header = |r: &reqwest::Response, h: &str| {
-        r.headers()
-            .get(h)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
     assert_eq!(
-        header(&r, "content-security-policy"),
+        common::header(&r, "content-security-policy"),
         bizcall::http::pages::TABLET_CSP
     );
-    assert_eq!(header(&r, "x-content-type-options"), "nosniff");
-    assert_eq!(header(&r, "referrer-policy"), "no-referrer");
+    assert_eq!(common::header(&r, "x-content-type-options"), "nosniff");
+    assert_eq!(common::header(&r, "referrer-policy"), "no-referrer");
     let html = r.text().await.unwrap();
     for s in html.split("<script").skip(1) {
         let tag = s.split('>').next().unwrap();
@@ -886,18 +880,14 @@ async fn the_console_page_has_the_tablet_pages_security_headers() {
     for (path, kind) in [("/admin.js", "text/javascript"), ("/admin.css", "text/css")] {
         let r = common::http().get(ctx.url(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
-        assert!(header(&r, "content-type").starts_with(kind), "{path}");
-        assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+        assert!(
+            common::header(&r, "content-type").starts_with(kind),
+            "{path}"
+        );
+        assert_eq!(common::header(&r, "x-content-type-options"), "nosniff");
     }
     // The script builds the page from text only: no HTML from the API.
-    let js = common::http()
-        .get(ctx.url("/admin.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let js = common::get_text(&ctx.url("/admin.js")).await;
     assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
     ctx.cleanup().await;
 }

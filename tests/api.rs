@@ -494,14 +494,7 @@ async fn admin_health_metrics_and_page() {
         ],
     )
     .await;
-    let text = common::http()
-        .get(ctx.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&ctx.url("/metrics")).await;
     for name in [
         "bizcall_cdr_received_total",
         "bizcall_calls_total",

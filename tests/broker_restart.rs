@@ -1,6 +1,7 @@
 //! The broker drops every connection, then stops and starts again, while
-//! CDRs keep arriving. This file's one test disrupts the shared broker, so
-//! it lives alone in its own test binary (cargo runs binaries one by one).
+//! CDRs keep arriving. The broker is a RabbitMQ node of the test's own
+//! (tests/common/rabbit.rs), never the shared one: its other clients are
+//! not disturbed, and the node goes, pass or fail, when `nodes` is dropped.
 
 mod common;
 
@@ -9,13 +10,17 @@ use std::time::Duration;
 
 use bizcall::bus::BusState;
 use chrono::Utc;
-use common::{rabbitmqctl, StartAppOnDrop};
+use common::rabbit::Nodes;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdrs_survive_connection_loss_and_a_broker_restart() {
-    let _guard = StartAppOnDrop;
+    let nodes = tokio::task::block_in_place(Nodes::single);
+    let node = &nodes.nodes[0];
+    let ctl = |args: &[&str]| {
+        tokio::task::block_in_place(|| node.ctl_ok(args));
+    };
     let db = common::TestDb::new(common::Backend::Postgres).await;
-    let broker = common::Broker::new();
+    let broker = common::Broker::on(&node.url());
     let pool = db.connect().await;
     pool.store_add("s1", "S1", &["0501".to_string()])
         .await
@@ -50,18 +55,7 @@ async fn cdrs_survive_connection_loss_and_a_broker_restart() {
         while !stop2.is_cancelled() {
             n += 1;
             let seq = format!("r{n}");
-            let code = common::post_cdr(
-                &base2,
-                &[
-                    ("seq", &seq),
-                    ("sdt", "20261122101500"),
-                    ("fromn", "0101"),
-                    ("ton", "02"),
-                    ("vn", "0501"),
-                ],
-            )
-            .await;
-            if code == 200 {
+            if common::post_call(&base2, &seq, "0501").await == 200 {
                 ok2.lock().unwrap().push(seq);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -81,12 +75,12 @@ async fn cdrs_survive_connection_loss_and_a_broker_restart() {
     up(BusState::Up).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    rabbitmqctl(&["close_all_connections", "bizcall test"]);
+    ctl(&["close_all_connections", "bizcall test"]);
     up(BusState::Reconnecting).await;
     up(BusState::Up).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    rabbitmqctl(&["stop_app"]);
+    ctl(&["stop_app"]);
     up(BusState::Reconnecting).await;
     let r = common::http()
         .get(format!("{base}/readyz"))
@@ -98,7 +92,7 @@ async fn cdrs_survive_connection_loss_and_a_broker_restart() {
     assert_eq!(body["bus"], "reconnecting");
     // Longer than the TTL, so some held events must expire unpublished.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    rabbitmqctl(&["start_app"]);
+    ctl(&["start_app"]);
     up(BusState::Up).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
@@ -129,6 +123,6 @@ async fn cdrs_survive_connection_loss_and_a_broker_restart() {
 
     pool.close().await;
     server.stop().await.unwrap();
-    broker.cleanup().await;
     db.cleanup().await;
+    // The broker's names go with the node, and the node with `nodes`.
 }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::fleet::vn;
 use common::relay::Relay;
 use common::stomp::Client;
 use common::{Backend, Broker, Instance, TestDb};
@@ -29,9 +30,8 @@ const RATE_PER_SEC: u64 = 100;
 const SEND_FOR: Duration = Duration::from_secs(9);
 const OUTAGE: Duration = Duration::from_secs(4);
 
-fn vn(store: usize) -> String {
-    format!("0508000{store:04}")
-}
+/// The stores' numbers: 0508000 and the store's index.
+const SERIES: &str = "0508000";
 
 /// What one store's tablet received: call id → (arrived, expiresAt).
 type Seen = Arc<Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>>>;
@@ -53,7 +53,9 @@ async fn after_a_bus_gap(routing: &str) {
     let mut tokens = Vec::new();
     for s in 0..STORES {
         let slug = format!("s{s:02}");
-        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
+        pool.store_add(&slug, &slug, &[vn(SERIES, s)])
+            .await
+            .unwrap();
         tokens.push((slug.clone(), pool.token_issue(&slug, "t").await.unwrap().1));
     }
     pool.store_add("elsewhere", "Elsewhere", &["0509999".into()])
@@ -90,11 +92,7 @@ async fn after_a_bus_gap(routing: &str) {
     let a = Instance::spawn(dir.path(), &common::env_refs(&env_a));
     let b = Instance::spawn(dir.path(), &common::env_refs(&env));
     for base in [a.base(), b.base()] {
-        common::eventually(Duration::from_secs(60), "bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&base, Duration::from_secs(60)).await;
     }
 
     // One tablet per store on A.
@@ -138,17 +136,7 @@ async fn after_a_bus_gap(routing: &str) {
                 tokio::spawn(async move {
                     let store = i % STORES;
                     let seq = format!("gap{i}");
-                    let code = common::post_cdr(
-                        &base,
-                        &[
-                            ("seq", &seq),
-                            ("sdt", "20261122101500"),
-                            ("fromn", "010-5555-0000"),
-                            ("ton", "02"),
-                            ("vn", &vn(store)),
-                        ],
-                    )
-                    .await;
+                    let code = common::post_call(&base, &seq, &vn(SERIES, store)).await;
                     assert_eq!(code, 200, "{seq}");
                     sent.lock().unwrap().push((store, seq));
                 });
@@ -165,11 +153,7 @@ async fn after_a_bus_gap(routing: &str) {
     tokio::time::sleep(OUTAGE).await;
     relay.restore();
     sender.await.unwrap();
-    common::eventually(Duration::from_secs(30), "A's bus back", || {
-        let base = a.base();
-        async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-    })
-    .await;
+    common::bus_up(&a.base(), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = sent.lock().unwrap().clone();
     assert!(sent.len() as u64 >= SEND_FOR.as_secs() * RATE_PER_SEC * 9 / 10);

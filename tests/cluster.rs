@@ -4,17 +4,19 @@
 //! instance is killed, the broker restarts, and every instance is restarted
 //! in turn. Prints a summary table and fails on any loss, duplicate or leak.
 //!
-//! It restarts the shared broker, so it lives alone in its own test binary.
+//! The broker is a RabbitMQ node of the test's own (tests/common/rabbit.rs),
+//! never the shared one: stopping it disturbs no other client, and the
+//! node goes, pass or fail, when `nodes` is dropped.
 
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fleet::{print_cdr_rows, run_tablet, SentAt, Tablet, TabletLog, Tally};
-use common::{rabbitmqctl, StartAppOnDrop};
+use common::fleet::{add_stores, print_cdr_rows, provider_post, start_tablets, vn, SentAt, Tally};
+use common::nginx::Nginx;
+use common::rabbit::Nodes;
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -22,53 +24,8 @@ const STORES: usize = 20;
 const TABLETS_PER_STORE: usize = 2;
 const PER_PHASE: usize = 250;
 const RATE_PER_SEC: u64 = 50;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn vn(store: usize) -> String {
-    format!("0507000{store:04}")
-}
-
-/// Posts a CDR through nginx the way the provider does: until it is `OK`.
-async fn provider_post(base: &str, seq: &str, store: usize) -> bool {
-    let v = vn(store);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let code = common::post_cdr(
-            base,
-            &[
-                ("seq", seq),
-                ("sdt", "20261122101500"),
-                ("fromn", "010-5555-0000"),
-                ("ton", "02"),
-                ("vn", &v),
-            ],
-        )
-        .await;
-        if code == 200 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
-}
-
-struct Nginx(std::process::Child);
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers too.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
+/// The stores' numbers: 0507000 and the store's index.
+const SERIES: &str = "0507000";
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -89,34 +46,18 @@ impl Cluster {
 
     async fn wait_bus_up(&self, i: usize) {
         let base = format!("http://127.0.0.1:{}", self.ports[i]);
-        common::eventually(Duration::from_secs(60), "instance bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&base, Duration::from_secs(60)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_behind_nginx_survive_failures() {
-    let _guard = StartAppOnDrop;
-    assert!(
-        Path::new("/usr/sbin/nginx").exists(),
-        "nginx is missing: apt-get install nginx (scripts/test does)"
-    );
+    let nodes = tokio::task::block_in_place(Nodes::single);
+    let node = &nodes.nodes[0];
     let db = TestDb::new(Backend::Postgres).await;
-    let broker = Broker::new();
+    let broker = Broker::on(&node.url());
     let pool = db.connect().await;
-    let mut tokens = Vec::new();
-    for s in 0..STORES {
-        let slug = format!("store{s:02}");
-        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
-        let mut t = Vec::new();
-        for _ in 0..TABLETS_PER_STORE {
-            t.push(pool.token_issue(&slug, "cluster").await.unwrap().1);
-        }
-        tokens.push((slug, t));
-    }
+    let tokens = add_stores(&pool, STORES, SERIES, TABLETS_PER_STORE, "cluster").await;
 
     let mut env = broker.env();
     env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
@@ -128,7 +69,7 @@ async fn three_instances_behind_nginx_survive_failures() {
     let mut cluster = Cluster {
         dir: tempfile::tempdir().unwrap(),
         env,
-        ports: (0..3).map(|_| free_port()).collect(),
+        ports: (0..3).map(|_| common::free_port()).collect(),
         instances: vec![None, None, None],
     };
     for i in 0..3 {
@@ -139,73 +80,13 @@ async fn three_instances_behind_nginx_survive_failures() {
     }
 
     // nginx in front, from the same template scripts/cluster uses.
-    let ndir = tempfile::tempdir().unwrap();
-    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(ndir.path().join("tmp").join(sub)).unwrap();
-    }
-    let nport = free_port();
-    let servers: String = cluster
-        .ports
-        .iter()
-        .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
-        .collect();
-    let conf = include_str!("../deploy/nginx.conf.template")
-        .replace("@DIR@", ndir.path().to_str().unwrap())
-        .replace("@LISTEN@", &format!("127.0.0.1:{nport}"))
-        .replace("@USER@", "user root;")
-        .replace("@SERVERS@", &servers);
-    let conf_path = ndir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let _nginx = Nginx(
-        std::process::Command::new("/usr/sbin/nginx")
-            .args([
-                "-p",
-                ndir.path().to_str().unwrap(),
-                "-c",
-                conf_path.to_str().unwrap(),
-                "-g",
-                "daemon off;",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
-    let base = format!("http://127.0.0.1:{nport}");
-    common::eventually(Duration::from_secs(10), "nginx up", || {
-        let base = base.clone();
-        async move {
-            common::http()
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await;
+    let nginx = Nginx::start(&cluster.ports).await;
+    let base = nginx.base();
 
     // Tablets, through nginx.
     let sent: SentAt = Arc::default();
     let stop = CancellationToken::new();
-    let mut tablets = Vec::new();
-    let mut tasks = Vec::new();
-    for (slug, toks) in &tokens {
-        for tok in toks {
-            let log: Arc<Mutex<TabletLog>> = Arc::default();
-            tablets.push(Tablet {
-                slug: slug.clone(),
-                log: log.clone(),
-            });
-            tasks.push(tokio::spawn(run_tablet(
-                base.clone(),
-                slug.clone(),
-                tok.clone(),
-                log,
-                sent.clone(),
-                stop.clone(),
-            )));
-        }
-    }
+    let (tablets, tasks) = start_tablets(&tokens, std::slice::from_ref(&base), &sent, &stop);
     common::eventually(Duration::from_secs(30), "all tablets connected", || async {
         let mut n = 0.0;
         for p in &cluster.ports {
@@ -253,8 +134,13 @@ async fn three_instances_behind_nginx_survive_failures() {
                     }
                 }
                 (1, 200) => cluster.start_instance(1),
-                (2, 60) => rabbitmqctl(&["stop_app"]),
-                (2, 160) => rabbitmqctl(&["start_app"]),
+                // The broker node stops its application, then starts it.
+                (2, 60) => {
+                    tokio::task::block_in_place(|| node.ctl_ok(&["stop_app"]));
+                }
+                (2, 160) => {
+                    tokio::task::block_in_place(|| node.ctl_ok(&["start_app"]));
+                }
                 (3, 20) | (3, 100) | (3, 180) => {
                     // Rolling restart: SIGTERM, then start again.
                     let i = [20, 100, 180].iter().position(|x| *x == k).unwrap();
@@ -274,7 +160,7 @@ async fn three_instances_behind_nginx_survive_failures() {
             }
             let base = base.clone();
             posts.push(tokio::spawn(async move {
-                let done = provider_post(&base, &seq, store).await;
+                let done = provider_post(&[base], 0, &seq, &vn(SERIES, store)).await;
                 (seq, store, done)
             }));
         }
@@ -331,6 +217,6 @@ async fn three_instances_behind_nginx_survive_failures() {
 
     drop(cluster);
     pool.close().await;
-    broker.cleanup().await;
     db.cleanup().await;
+    // The broker's names go with the node, and the node with `nodes`.
 }

@@ -254,15 +254,7 @@ async fn anonymous_tablets_from_allowed_origins_follow_opted_in_stores_legacy_on
     // (The auth-labelled gauge is checked in a process of its own, in
     // tests/sockjs_clients.rs: the recorder is shared by this process's
     // servers.)
-    let admin: serde_json::Value = common::http()
-        .get(format!("{}/api/admin/stores", ctx.base()))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = common::get_json(&format!("{}/api/admin/stores", ctx.base()), "admin-secret").await;
     for s in admin.as_array().unwrap() {
         let opted_in = s["slug"] != "mapo";
         assert_eq!(s["anonymousTablets"], opted_in, "{s}");

@@ -6,34 +6,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Instance;
 
 const ADMIN: &str = "console-admin-5c1d";
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_console_in_headless_chromium() {
-    assert!(
-        js_dir().join("node_modules/axe-core").is_dir(),
-        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does)"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install chromium (scripts/test does)"
-    );
+    common::require_js("axe-core");
+    let chromium = common::chromium();
     let dir = tempfile::tempdir().unwrap();
     let server = Instance::spawn(dir.path(), &[("BIZCALL_ADMIN__TOKEN", ADMIN)]);
     let base = server.base();
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    let artifacts = common::artifacts();
     let bin = common::bin().to_string();
-    let script = js_dir().join("admin_console.mjs");
+    let script = common::js_dir().join("admin_console.mjs");
     let (base2, artifacts2) = (base.clone(), artifacts.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -44,7 +32,7 @@ async fn operator_console_in_headless_chromium() {
                 bin.as_str(),
                 artifacts2.to_str().unwrap(),
             ])
-            .current_dir(js_dir())
+            .current_dir(common::js_dir())
             .env("CHROMIUM", chromium)
             .output()
             .expect("node")
@@ -66,15 +54,7 @@ async fn operator_console_in_headless_chromium() {
         .to_string();
 
     // What the page did is what the API says.
-    let trail: serde_json::Value = common::http()
-        .get(format!("{base}/api/admin/calls/{seq}"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trail = common::get_json(&format!("{base}/api/admin/calls/{seq}"), ADMIN).await;
     assert_eq!(trail["trail"]["verdict"], "acknowledged", "{trail}");
     assert_eq!(trail["trail"]["firstAck"]["label"], "프런트 태블릿");
     // The token never reached the server's log (it travels in a body once,

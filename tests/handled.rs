@@ -15,21 +15,6 @@ use common::{Backend, Broker, Instance, TestDb};
 const VN: &str = "05061617171";
 const SLUG: &str = "two-bays";
 
-async fn post_call(base: &str, seq: &str) {
-    let code = common::post_cdr(
-        base,
-        &[
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "010-2323-4545"),
-            ("ton", "0211112222"),
-            ("vn", VN),
-        ],
-    )
-    .await;
-    assert_eq!(code, 200);
-}
-
 /// The next MESSAGE (heart-beats and receipts aside), within a generous
 /// deadline.
 async fn message(c: &mut Client) -> common::stomp::Got {
@@ -83,12 +68,7 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     let one = Instance::spawn(dir.path(), &env);
     let two = Instance::spawn(dir.path(), &env);
     for i in [&one, &two] {
-        let base = i.base();
-        common::eventually(Duration::from_secs(30), "bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&i.base(), Duration::from_secs(30)).await;
     }
     let ws = |i: &Instance| format!("ws://{}/ws", i.addr);
     let topic = format!("/topic/call-store/{SLUG}");
@@ -102,7 +82,7 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     let sockjs = format!("ws://{}/ws/v1/offline-store-pad/websocket", two.addr);
     let mut c = tablet(&sockjs, &old, &[("0", &legacy)]).await;
 
-    post_call(&one.base(), "h1").await;
+    assert_eq!(common::post_call(&one.base(), "h1", VN).await, 200);
     let popup = message(&mut a).await;
     assert_eq!(popup.json()["type"], "call");
     let mut b_frames = vec![message(&mut b).await, message(&mut b).await];
@@ -136,7 +116,7 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     // between. The handled event reached instance two's hub before this
     // call did (the bay saw it first), so had the legacy subscriptions been
     // sent it, it would come before the call.
-    post_call(&two.base(), "h2").await;
+    assert_eq!(common::post_call(&two.base(), "h2", VN).await, 200);
     let next_c = message(&mut c).await;
     assert_eq!(next_c.json()["callId"], "h2", "{next_c:?}");
     assert_eq!(next_c.json()["type"], "call");
@@ -158,15 +138,7 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     assert_eq!(next_a.json()["type"], "call");
 
     // The call list, asked on the other instance, says who took it.
-    let list: serde_json::Value = common::http()
-        .get(format!("{}/api/stores/{SLUG}/calls", two.base()))
-        .bearer_auth(&bay)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{}/api/stores/{SLUG}/calls", two.base()), &bay).await;
     let h1 = list
         .as_array()
         .unwrap()
@@ -197,7 +169,7 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     assert_eq!(handled_a.json()["by"], "bay");
     a.send_raw(&format!("ACK\nid:{}\n\n\0", next_a.get("ack").unwrap()))
         .await;
-    post_call(&one.base(), "h3").await;
+    assert_eq!(common::post_call(&one.base(), "h3", VN).await, 200);
     assert_eq!(message(&mut b).await.json()["callId"], "h3");
     assert_eq!(message(&mut b).await.json()["callId"], "h3");
     assert_eq!(message(&mut c).await.json()["callId"], "h3");

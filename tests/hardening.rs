@@ -21,15 +21,6 @@ fn client_from(source: &str) -> reqwest::Client {
         .expect("client")
 }
 
-fn cdr(seq: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("seq", seq.to_string()),
-        ("sdt", "20261122101500".into()),
-        ("fromn", "01012345678".into()),
-        ("ton", "0212345678".into()),
-    ]
-}
-
 async fn stored_calls(dir: &Path) -> i64 {
     let url = format!("sqlite://{}", dir.join("bizcall.db").display());
     let db = bizcall::db::Db::connect(&url)
@@ -57,13 +48,18 @@ async fn forged_forwarded_for_never_passes_the_allow_list_through_nginx() {
     let url = format!("{}/bizcall/cdr", nginx.base());
 
     let allowed = client_from("127.0.0.2");
-    let r = allowed.post(&url).form(&cdr("OK1")).send().await.unwrap();
+    let r = allowed
+        .post(&url)
+        .form(&common::cdr_fields("OK1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200, "the allowed address passes");
     // Even when it forges something itself: its own address is appended.
     let r = allowed
         .post(&url)
         .header("X-Forwarded-For", "203.0.113.1")
-        .form(&cdr("OK2"))
+        .form(&common::cdr_fields("OK2"))
         .send()
         .await
         .unwrap();
@@ -87,7 +83,9 @@ async fn forged_forwarded_for_never_passes_the_allow_list_through_nginx() {
         &["127.0.0.1", "127.0.0.2"],
     ];
     for (i, lines) in forged.iter().enumerate() {
-        let mut req = attacker.post(&url).form(&cdr(&format!("F{i}")));
+        let mut req = attacker
+            .post(&url)
+            .form(&common::cdr_fields(&format!("F{i}")));
         for line in lines.iter() {
             req = req.header("X-Forwarded-For", *line);
         }
@@ -97,7 +95,7 @@ async fn forged_forwarded_for_never_passes_the_allow_list_through_nginx() {
     // No forwarding header at all: the attacker is itself.
     let r = attacker
         .post(&url)
-        .form(&cdr("F-none"))
+        .form(&common::cdr_fields("F-none"))
         .send()
         .await
         .unwrap();
@@ -113,26 +111,8 @@ async fn forged_forwarded_for_never_passes_the_allow_list_through_nginx() {
 }
 
 /// A store `s1` on 0501111 and a tablet token for it, made with the CLI.
-fn register(dir: &Path) -> String {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(common::bin())
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    run(&["store", "add", "s1", "--name", "S1", "--number", "0501111"]);
-    run(&["token", "issue", "s1", "--label", "t"])
-}
-
-fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
+fn store_s1(dir: &Path) -> String {
+    common::register_named(dir, "s1", "S1", "0501111", "t", &[])
 }
 
 /// The page runs no inline script and cannot be framed; it and the API's
@@ -140,22 +120,22 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tablet_page_and_api_carry_security_headers() {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path());
+    let token = store_s1(dir.path());
     let server = Instance::spawn(dir.path(), &[]);
     let base = server.base();
     let http = common::http();
 
     let page = http.get(format!("{base}/tablet")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
-    let csp = header(&page, "content-security-policy").to_string();
+    let csp = common::header(&page, "content-security-policy").to_string();
     let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
     assert!(directives.contains(&"frame-ancestors 'none'"), "{csp}");
     assert!(directives.contains(&"connect-src 'self'"), "{csp}");
     assert!(directives.contains(&"script-src 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert!(!csp.contains("unsafe-eval"), "{csp}");
-    assert_eq!(header(&page, "x-content-type-options"), "nosniff");
-    assert_eq!(header(&page, "referrer-policy"), "no-referrer");
+    assert_eq!(common::header(&page, "x-content-type-options"), "nosniff");
+    assert_eq!(common::header(&page, "referrer-policy"), "no-referrer");
     let html = page.text().await.unwrap();
     // Every script is a file of this server: none inline, none elsewhere.
     let scripts: Vec<&str> = html.split("<script").skip(1).collect();
@@ -204,10 +184,13 @@ async fn tablet_page_and_api_carry_security_headers() {
     ] {
         let r = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
-        assert!(header(&r, "content-type").starts_with(kind), "{path}");
-        assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+        assert!(
+            common::header(&r, "content-type").starts_with(kind),
+            "{path}"
+        );
+        assert_eq!(common::header(&r, "x-content-type-options"), "nosniff");
         if path.ends_with(".js") {
-            assert_eq!(header(&r, "cache-control"), "no-cache", "{path}");
+            assert_eq!(common::header(&r, "cache-control"), "no-cache", "{path}");
         }
     }
 
@@ -225,10 +208,10 @@ async fn tablet_page_and_api_carry_security_headers() {
         .unwrap();
     for (r, code) in [(ok, 200), (denied, 401)] {
         assert_eq!(r.status().as_u16(), code);
-        assert!(header(&r, "content-type").starts_with("application/json"));
-        assert_eq!(header(&r, "x-content-type-options"), "nosniff");
-        assert_eq!(header(&r, "referrer-policy"), "no-referrer");
-        let csp = header(&r, "content-security-policy");
+        assert!(common::header(&r, "content-type").starts_with("application/json"));
+        assert_eq!(common::header(&r, "x-content-type-options"), "nosniff");
+        assert_eq!(common::header(&r, "referrer-policy"), "no-referrer");
+        let csp = common::header(&r, "content-security-policy");
         assert!(
             csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
             "{csp}"
@@ -276,7 +259,7 @@ async fn tablet_page_names_a_configured_stomp_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_sign_ins_are_logged_counted_and_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path());
+    let token = store_s1(dir.path());
     let server = Instance::spawn(
         dir.path(),
         &[
@@ -307,7 +290,7 @@ async fn failed_sign_ins_are_logged_counted_and_refused() {
     for _ in 0..40 {
         let r = guesser.get(&calls).bearer_auth(GUESS).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 429);
-        let wait: u64 = header(&r, "retry-after").parse().unwrap();
+        let wait: u64 = common::header(&r, "retry-after").parse().unwrap();
         assert!((1..=60).contains(&wait), "{wait}");
     }
     // Refused even with the right token, for the rest of the window.
@@ -378,7 +361,7 @@ async fn sqlite_files_are_created_owner_only() {
     let server = Instance::spawn(dir.path(), &[]);
     let r = common::http()
         .post(format!("{}/bizcall/cdr", server.base()))
-        .form(&cdr("P1"))
+        .form(&common::cdr_fields("P1"))
         .send()
         .await
         .unwrap();
@@ -394,7 +377,7 @@ async fn sqlite_files_are_created_owner_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_errors_on_the_api_are_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path());
+    let token = store_s1(dir.path());
     let server = Instance::spawn(dir.path(), &[]);
     let url = format!("sqlite://{}", dir.path().join("bizcall.db").display());
     let db = bizcall::db::Db::connect(&url).await.unwrap();
@@ -431,7 +414,7 @@ async fn database_errors_on_the_api_are_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_seq_cannot_move_a_call_and_is_logged_masked() {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path());
+    let token = store_s1(dir.path());
     let out = std::process::Command::new(common::bin())
         .args(["store", "add", "s2", "--name", "S2", "--number", "0502222"])
         .current_dir(dir.path())
@@ -452,17 +435,12 @@ async fn a_repeated_seq_cannot_move_a_call_and_is_logged_masked() {
     moved[4] = ("vn", "0502222");
     let r = common::http().post(&url).form(&moved).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 409);
-    assert_eq!(header(&r, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(
+        common::header(&r, "content-type"),
+        "text/plain; charset=utf-8"
+    );
     assert!(r.text().await.unwrap().starts_with("conflict: vn: "));
-    let list: serde_json::Value = common::http()
-        .get(format!("{}/api/stores/s1/calls", server.base()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{}/api/stores/s1/calls", server.base()), &token).await;
     assert_eq!(list[0]["callId"], "M1");
     assert_eq!(
         common::metric_labelled(
@@ -493,7 +471,7 @@ async fn a_repeated_seq_cannot_move_a_call_and_is_logged_masked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_number_accepts_exactly_what_the_readme_says() {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path());
+    let token = store_s1(dir.path());
     let server = Instance::spawn(dir.path(), &[]);
     let url = format!("{}/api/stores/s1/reservations", server.base());
     for (number, code) in [

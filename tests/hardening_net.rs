@@ -82,20 +82,6 @@ impl Setup {
     }
 }
 
-async fn post(base: &str, seq: &str) -> u16 {
-    common::post_cdr(
-        base,
-        &[
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "01022223333"),
-            ("ton", "0299990000"),
-            ("vn", VN),
-        ],
-    )
-    .await
-}
-
 /// Waits for the popup of `seq`, skipping others.
 async fn popup(tablet: &mut Client, seq: &str) {
     for _ in 0..50 {
@@ -111,15 +97,6 @@ async fn popup(tablet: &mut Client, seq: &str) {
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -179,9 +156,9 @@ async fn idle_connections_over_the_cap_leave_the_webhook_and_tablets_working() {
     let hook = setup.webhook_base();
     let pid = setup.pid();
     let mut tablet = setup.tablet().await;
-    assert_eq!(post(&hook, "warm").await, 200);
+    assert_eq!(common::post_call(&hook, "warm", VN).await, 200);
     popup(&mut tablet, "warm").await;
-    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
+    let (fds_before, rss_before) = (open_fds(pid), common::rss_kib(pid));
 
     // Hold idle connections from four source addresses, more than the cap.
     let mut held = Vec::new();
@@ -201,7 +178,7 @@ async fn idle_connections_over_the_cap_leave_the_webhook_and_tablets_working() {
     }
     assert_eq!(held.len(), CAP - 1, "the tablet holds one of the {CAP}");
     assert_eq!(refused, 64 - (CAP - 1));
-    let (fds_during, rss_during) = (open_fds(pid), rss_kib(pid));
+    let (fds_during, rss_during) = (open_fds(pid), common::rss_kib(pid));
 
     // Over the cap: a new WebSocket is refused at once, not left hanging.
     let url = setup.ws();
@@ -224,7 +201,7 @@ async fn idle_connections_over_the_cap_leave_the_webhook_and_tablets_working() {
     let sent = 20;
     for i in 0..sent {
         let seq = format!("hold{i}");
-        assert_eq!(post(&hook, &seq).await, 200, "{seq}");
+        assert_eq!(common::post_call(&hook, &seq, VN).await, 200, "{seq}");
         popup(&mut tablet, &seq).await;
     }
     let open = common::metric(&hook, "bizcall_connections_open{listener=\"main\"}").await;
@@ -246,19 +223,11 @@ async fn idle_connections_over_the_cap_leave_the_webhook_and_tablets_working() {
         open_fds(pid) <= fds_before + 2
     })
     .await;
-    let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
-    assert_eq!(post(&hook, "after").await, 200);
+    let (fds_after, rss_after) = (open_fds(pid), common::rss_kib(pid));
+    assert_eq!(common::post_call(&hook, "after", VN).await, 200);
     popup(&mut tablet, "after").await;
     popup(&mut second, "after").await;
-    let calls: serde_json::Value = common::http()
-        .get(format!("{base}/api/stores/wash/calls"))
-        .bearer_auth(&setup.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let calls = common::get_json(&format!("{base}/api/stores/wash/calls"), &setup.token).await;
     let text = calls.to_string();
     let stored = (0..sent)
         .filter(|i| text.contains(&format!("\"hold{i}\"")))
@@ -454,7 +423,7 @@ async fn hostile_websocket_messages_are_refused_while_tablets_get_popups() {
     // While attacked, the tablet gets every popup.
     for i in 0..10 {
         let seq = format!("attack{i}");
-        assert_eq!(post(&base, &seq).await, 200);
+        assert_eq!(common::post_call(&base, &seq, VN).await, 200);
         popup(&mut victim, &seq).await;
     }
     let (m, code) = eols.await.unwrap();
@@ -472,7 +441,7 @@ async fn hostile_websocket_messages_are_refused_while_tablets_get_popups() {
     assert_eq!(receipt.as_deref(), Some("done"));
     let (m, code) = bytewise.await.unwrap();
     assert_eq!((m.as_deref(), code), (Some("frame too large"), Some(1009)));
-    assert_eq!(post(&base, "after").await, 200);
+    assert_eq!(common::post_call(&base, "after", VN).await, 200);
     popup(&mut victim, "after").await;
 }
 
@@ -519,7 +488,10 @@ async fn no_token_reaches_the_log_at_trace() {
         .send_raw("CONNECT\naccept-version:1.2\n\n\0")
         .await;
     by_header.expect("CONNECTED").await;
-    assert_eq!(post(&setup.instance.base(), "traced").await, 200);
+    assert_eq!(
+        common::post_call(&setup.instance.base(), "traced", VN).await,
+        200
+    );
     popup(&mut by_passcode, "traced").await;
     drop((by_url, by_passcode, by_header));
     tokio::time::sleep(Duration::from_millis(500)).await;

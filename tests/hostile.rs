@@ -392,14 +392,7 @@ async fn refusals_strangers_cause_are_logged_within_a_budget() {
             .unwrap();
         assert_eq!(r.status(), 401);
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&format!("{base}/metrics")).await;
     assert!(
         metrics.contains(
             "bizcall_connections_refused_total{reason=\"sockjs_sessions_per_address\"} 144"

@@ -10,22 +10,6 @@ use common::{Backend, Broker, Instance, TestDb};
 
 const VN: &str = "05077778888";
 
-fn ringing(seq: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("seq", seq.to_string()),
-        ("sdt", "20261122101500".into()),
-        ("fromn", "01012341234".into()),
-        ("ton", "0211112222".into()),
-        ("vn", VN.into()),
-    ]
-}
-
-async fn post(base: &str, seq: &str) -> u16 {
-    let fields = ringing(seq);
-    let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    common::post_cdr(base, &refs).await
-}
-
 fn env_for(db: &TestDb, broker: &Broker, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = broker.env();
     env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
@@ -50,12 +34,7 @@ async fn three_instances_each_get_every_event() {
         .map(|_| Instance::spawn(dir.path(), &common::env_refs(&env)))
         .collect();
     for i in &instances {
-        let base = i.base();
-        common::eventually(Duration::from_secs(20), "bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&i.base(), Duration::from_secs(20)).await;
     }
     let queues = common::list_queues(&broker.prefix, &["exclusive", "auto_delete"]);
     assert_eq!(queues.len(), 3, "{queues:?}");
@@ -66,7 +45,7 @@ async fn three_instances_each_get_every_event() {
 
     // CDRs land on different instances; every instance consumes each once.
     for (n, seq) in ["a1", "a2", "a3"].iter().enumerate() {
-        assert_eq!(post(&instances[n].base(), seq).await, 200);
+        assert_eq!(common::post_call(&instances[n].base(), seq, VN).await, 200);
     }
     for i in &instances {
         let base = i.base();
@@ -126,11 +105,7 @@ async fn expired_messages_are_dead_lettered_and_the_dlq_commands_work() {
     let dir = tempfile::tempdir().unwrap();
     let instance = Instance::spawn(dir.path(), &envr);
     let base = instance.base();
-    common::eventually(Duration::from_secs(20), "bus up", || {
-        let base = base.clone();
-        async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-    })
-    .await;
+    common::bus_up(&base, Duration::from_secs(20)).await;
 
     // A queue with nobody consuming it stands for a paused instance.
     let paused = format!("{}-paused", broker.prefix);
@@ -160,7 +135,7 @@ async fn expired_messages_are_dead_lettered_and_the_dlq_commands_work() {
     .await
     .unwrap();
 
-    assert_eq!(post(&base, "ttl1").await, 200);
+    assert_eq!(common::post_call(&base, "ttl1", VN).await, 200);
     common::eventually(Duration::from_secs(15), "expired into the DLQ", || async {
         broker.dlq_depth().await == 1
     })
@@ -228,11 +203,7 @@ async fn an_instance_back_from_a_pause_shows_no_stale_popup() {
     let a = Instance::spawn(dir.path(), &envr);
     let b = Instance::spawn(dir.path(), &envr);
     for base in [a.base(), b.base()] {
-        common::eventually(Duration::from_secs(20), "bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&base, Duration::from_secs(20)).await;
     }
     let pid = b.child.id().to_string();
     assert!(std::process::Command::new("kill")
@@ -240,7 +211,7 @@ async fn an_instance_back_from_a_pause_shows_no_stale_popup() {
         .status()
         .unwrap()
         .success());
-    assert_eq!(post(&a.base(), "p1").await, 200);
+    assert_eq!(common::post_call(&a.base(), "p1", VN).await, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(std::process::Command::new("kill")
         .args(["-CONT", &pid])
@@ -345,7 +316,7 @@ async fn start_up_errors_each_have_their_line() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["bus"], "reconnecting");
     assert_eq!(body["database"], "up");
-    assert_eq!(post(&instance.base(), "u1").await, 200);
+    assert_eq!(common::post_call(&instance.base(), "u1", VN).await, 200);
     broker.cleanup().await;
 }
 

@@ -12,22 +12,6 @@ use common::Instance;
 const WEBHOOK_KEY: &str = "hook-secret-5d1f0c";
 const ADMIN_TOKEN: &str = "admin-secret-77a9e2";
 
-/// Runs `bizcall <args>` in `dir` (where `bizcall.toml` is) and returns stdout.
-fn cli_in(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(common::bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run bizcall");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_is_a_json_object_without_numbers_or_secrets() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +23,7 @@ async fn every_line_is_a_json_object_without_numbers_or_secrets() {
         ),
     )
     .unwrap();
-    cli_in(
+    common::cli_in(
         dir.path(),
         &[
             "store",
@@ -50,8 +34,9 @@ async fn every_line_is_a_json_object_without_numbers_or_secrets() {
             "--number",
             "050-1111-2222",
         ],
+        &[],
     );
-    let token = cli_in(dir.path(), &["token", "issue", "gangnam"]);
+    let token = common::cli_in(dir.path(), &["token", "issue", "gangnam"], &[]);
     assert!(token.starts_with("bzc_"), "{token}");
 
     let mut server = Instance::spawn(dir.path(), &[]);

@@ -7,19 +7,10 @@ mod common;
 use common::relay::Relay;
 use sqlx::Connection;
 
-fn cdr(seq: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("seq", seq.to_string()),
-        ("sdt", "20261122101500".into()),
-        ("fromn", "01012345678".into()),
-        ("ton", "0212345678".into()),
-    ]
-}
-
 async fn post(url: &str, seq: &str) -> (u16, String) {
     let r = common::http()
         .post(url)
-        .form(&cdr(seq))
+        .form(&common::cdr_fields(seq))
         .send()
         .await
         .unwrap();

@@ -72,14 +72,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Prometheus {
     async fn start(targets: &[String]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
@@ -95,7 +87,7 @@ impl Prometheus {
         );
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!(

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fleet::{print_cdr_rows, run_tablet, SentAt, Tablet, TabletLog, Tally};
+use common::fleet::{add_stores, print_cdr_rows, provider_post, start_tablets, vn, SentAt, Tally};
 use common::rabbit::{Listen, Nodes};
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -22,36 +22,8 @@ use tokio_util::sync::CancellationToken;
 const STORES: usize = 20;
 const TABLETS_PER_STORE: usize = 2;
 const RATE_PER_SEC: u64 = 20;
-
-fn vn(store: usize) -> String {
-    format!("0507100{store:04}")
-}
-
-/// Posts a CDR the way the provider does: until one instance answers `OK`.
-async fn provider_post(bases: &[String], first: usize, seq: &str, store: usize) -> bool {
-    let v = vn(store);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut i = first;
-    while Instant::now() < deadline {
-        let code = common::post_cdr(
-            &bases[i % bases.len()],
-            &[
-                ("seq", seq),
-                ("sdt", "20261122101500"),
-                ("fromn", "010-5555-0000"),
-                ("ton", "02"),
-                ("vn", &v),
-            ],
-        )
-        .await;
-        if code == 200 {
-            return true;
-        }
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
-}
+/// The stores' numbers: 0507100 and the store's index.
+const SERIES: &str = "0507100";
 
 /// Runs blocking node work (rabbitmqctl, boot waits) off the runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -97,16 +69,7 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::new();
     let pool = db.connect().await;
-    let mut tokens = Vec::new();
-    for s in 0..STORES {
-        let slug = format!("store{s:02}");
-        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
-        let mut t = Vec::new();
-        for _ in 0..TABLETS_PER_STORE {
-            t.push(pool.token_issue(&slug, "rabbit").await.unwrap().1);
-        }
-        tokens.push((slug, t));
-    }
+    let tokens = add_stores(&pool, STORES, SERIES, TABLETS_PER_STORE, "rabbit").await;
 
     // Each instance lists the three nodes in another order.
     let orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
@@ -125,12 +88,9 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
     let wait_all_up = |why: &'static str| {
         let bases = bases.clone();
         async move {
+            println!("waiting: {why}");
             for base in &bases {
-                common::eventually(Duration::from_secs(120), why, || {
-                    let base = base.clone();
-                    async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-                })
-                .await;
+                common::bus_up(base, Duration::from_secs(120)).await;
             }
         }
     };
@@ -218,27 +178,7 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
     // Tablets: spread over the instances.
     let sent: SentAt = Arc::default();
     let stop = CancellationToken::new();
-    let mut tablets = Vec::new();
-    let mut tasks = Vec::new();
-    let mut k = 0;
-    for (slug, toks) in &tokens {
-        for tok in toks {
-            let log: Arc<Mutex<TabletLog>> = Arc::default();
-            tablets.push(Tablet {
-                slug: slug.clone(),
-                log: log.clone(),
-            });
-            tasks.push(tokio::spawn(run_tablet(
-                bases[k % bases.len()].clone(),
-                slug.clone(),
-                tok.clone(),
-                log,
-                sent.clone(),
-                stop.clone(),
-            )));
-            k += 1;
-        }
-    }
+    let (tablets, tasks) = start_tablets(&tokens, &bases, &sent, &stop);
     common::eventually(Duration::from_secs(60), "all tablets connected", || async {
         let mut n = 0.0;
         for b in &bases {
@@ -266,7 +206,7 @@ async fn three_rabbitmq_nodes_lose_one_then_another() {
                 sent.lock().unwrap().insert(seq.clone(), Instant::now());
                 let bases = bases.clone();
                 posts.push(tokio::spawn(async move {
-                    let done = provider_post(&bases, n, &seq, store).await;
+                    let done = provider_post(&bases, n, &seq, &vn(SERIES, store)).await;
                     (seq, store, done)
                 }));
             }

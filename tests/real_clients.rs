@@ -6,78 +6,23 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Instance;
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-fn require_js_deps() {
-    assert!(
-        js_dir().join("node_modules/@stomp/stompjs").is_dir(),
-        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does)"
-    );
-}
-
-/// A store and token made with the CLI in the instance's directory.
-fn register(dir: &Path, slug: &str, number: &str) -> String {
-    register_named(dir, slug, slug, number, &[])
-}
-
-/// The same, with the store's name and the CLI's environment.
-fn register_named(
-    dir: &Path,
-    slug: &str,
-    name: &str,
-    number: &str,
-    env: &[(&str, &str)],
-) -> String {
-    let run = |args: &[&str]| {
-        let out = Command::new(common::bin())
-            .args(args)
-            .current_dir(dir)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    run(&["store", "add", slug, "--name", name, "--number", number]);
-    run(&["token", "issue", slug, "--label", "js"])
-}
-
-async fn call_list(base: &str, slug: &str, token: &str) -> serde_json::Value {
-    common::http()
-        .get(format!("{base}/api/stores/{slug}/calls"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stompjs_receives_and_acknowledges_a_popup() {
-    require_js_deps();
+    common::require_js("@stomp/stompjs");
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path(), "js-store", "050-3333-4444");
+    let token = common::register(dir.path(), "js-store", "050-3333-4444", "js");
     let server = Instance::spawn(dir.path(), &[]);
     let base = server.base();
 
     let mut node = Command::new("node")
-        .arg(js_dir().join("stompjs_tablet.mjs"))
+        .arg(common::js_dir().join("stompjs_tablet.mjs"))
         .args([&format!("ws://{}/ws", server.addr), &token, "js-store"])
-        .current_dir(js_dir())
+        .current_dir(common::js_dir())
         .stdout(Stdio::piped())
         .spawn()
         .expect("node");
@@ -118,34 +63,21 @@ async fn stompjs_receives_and_acknowledges_a_popup() {
     assert_eq!(ev["callerNumber"], "01099990000");
     assert_eq!(next(&mut rx).await, "ACKED");
     assert!(node.wait().unwrap().success());
-    let list = call_list(&base, "js-store", &token).await;
+    let list = common::get_json(&format!("{base}/api/stores/js-store/calls"), &token).await;
     assert_eq!(list[0]["callId"], "js1");
     assert_eq!(list[0]["acknowledged"], true);
-}
-
-fn chromium() -> String {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install chromium (scripts/test does)"
-    );
-    chromium
-}
-
-fn artifacts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts")
 }
 
 /// Runs one of the page scripts under node; returns its standard output
 /// once it has succeeded.
 async fn run_page_script(script: &str, args: Vec<String>) -> String {
-    let script = js_dir().join(script);
-    let chromium = chromium();
+    let script = common::js_dir().join(script);
+    let chromium = common::chromium();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)
             .args(args)
-            .current_dir(js_dir())
+            .current_dir(common::js_dir())
             .env("CHROMIUM", chromium)
             .output()
             .expect("node")
@@ -167,9 +99,16 @@ const STORE_NAME: &str = "강남 손세차";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tablet_page_in_headless_chromium() {
-    require_js_deps();
+    common::require_js("@stomp/stompjs");
     let dir = tempfile::tempdir().unwrap();
-    let token = register_named(dir.path(), "page-store", STORE_NAME, "050-5555-6666", &[]);
+    let token = common::register_named(
+        dir.path(),
+        "page-store",
+        STORE_NAME,
+        "050-5555-6666",
+        "js",
+        &[],
+    );
     let server = Instance::spawn(dir.path(), &[]);
     let base = server.base();
     // A regular: an earlier call (a fixed day long past) and a reservation,
@@ -206,7 +145,7 @@ async fn tablet_page_in_headless_chromium() {
             token.clone(),
             common::bin().to_string(),
             "05055556666".into(),
-            artifacts().to_string_lossy().to_string(),
+            common::artifacts().to_string_lossy().to_string(),
             STORE_NAME.into(),
         ],
     )
@@ -220,7 +159,7 @@ async fn tablet_page_in_headless_chromium() {
     let screens = stdout.lines().filter(|l| l.starts_with("AXE ")).count();
     assert!(screens >= 14, "axe runs: {screens}\n{stdout}");
 
-    let list = call_list(&base, "page-store", &token).await;
+    let list = common::get_json(&format!("{base}/api/stores/page-store/calls"), &token).await;
     let call = list
         .as_array()
         .unwrap()
@@ -230,15 +169,11 @@ async fn tablet_page_in_headless_chromium() {
     assert_eq!(call["status"], "answered");
     assert_eq!(call["acknowledged"], true, "acknowledged from the page");
     assert_eq!(call["acknowledgedBy"], "js");
-    let reservations: serde_json::Value = common::http()
-        .get(format!("{base}/api/stores/page-store/reservations"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reservations = common::get_json(
+        &format!("{base}/api/stores/page-store/reservations"),
+        &token,
+    )
+    .await;
     let tomorrow = (chrono::Utc::now() + chrono::Duration::hours(9 + 24))
         .format("%Y-%m-%d")
         .to_string();
@@ -267,12 +202,14 @@ async fn tablet_page_in_headless_chromium() {
     assert_eq!(r["service"], "실내 크리닝");
     for size in ["landscape", "portrait", "laptop"] {
         for screen in ["popup", "sound"] {
-            let shot = artifacts().join(format!("tablet-{screen}-{size}.png"));
+            let shot = common::artifacts().join(format!("tablet-{screen}-{size}.png"));
             assert!(shot.is_file(), "{}", shot.display());
         }
     }
     for screen in ["offline-landscape", "missed-landscape", "signin-landscape"] {
-        assert!(artifacts().join(format!("tablet-{screen}.png")).is_file());
+        assert!(common::artifacts()
+            .join(format!("tablet-{screen}.png"))
+            .is_file());
     }
 }
 
@@ -280,9 +217,9 @@ async fn tablet_page_in_headless_chromium() {
 /// where the server's page says, and acknowledges a call from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tablet_page_on_a_configured_stomp_path_in_chromium() {
-    require_js_deps();
+    common::require_js("@stomp/stompjs");
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path(), "path-store", "050-7171-8181");
+    let token = common::register(dir.path(), "path-store", "050-7171-8181", "js");
     let server = Instance::spawn(dir.path(), &[("BIZCALL_STOMP__PATH", "/custom-ws")]);
     let base = server.base();
     let stdout = run_page_script(
@@ -304,7 +241,8 @@ async fn tablet_page_on_a_configured_stomp_path_in_chromium() {
     common::eventually(Duration::from_secs(30), "acknowledged", || {
         let (base, token, seq) = (base.clone(), token.clone(), seq.clone());
         async move {
-            let list = call_list(&base, "path-store", &token).await;
+            let list =
+                common::get_json(&format!("{base}/api/stores/path-store/calls"), &token).await;
             list.as_array().unwrap().iter().any(|c| {
                 c["callId"] == seq.as_str()
                     && c["acknowledged"] == true
@@ -319,14 +257,14 @@ async fn tablet_page_on_a_configured_stomp_path_in_chromium() {
 /// takes the call, the other's popup closes and says who took it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tablets_on_two_instances_in_chromium() {
-    require_js_deps();
+    common::require_js("@stomp/stompjs");
     let db = common::TestDb::new(common::Backend::Postgres).await;
     let broker = common::Broker::new();
     let mut env = broker.env();
     env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
     let env = common::env_refs(&env);
     let dir = tempfile::tempdir().unwrap();
-    let desk = register_named(dir.path(), "duo", STORE_NAME, "050-6060-7070", &env);
+    let desk = common::register_named(dir.path(), "duo", STORE_NAME, "050-6060-7070", "js", &env);
     let run = |args: &[&str]| {
         let (code, out, err) = common::run_cli(args, &env);
         assert_eq!(code, 0, "{err}");
@@ -336,12 +274,7 @@ async fn two_tablets_on_two_instances_in_chromium() {
     let one = Instance::spawn(dir.path(), &env);
     let two = Instance::spawn(dir.path(), &env);
     for i in [&one, &two] {
-        let base = i.base();
-        common::eventually(Duration::from_secs(30), "bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&i.base(), Duration::from_secs(30)).await;
     }
     let stdout = run_page_script(
         "tablet_two.mjs",
@@ -352,7 +285,7 @@ async fn two_tablets_on_two_instances_in_chromium() {
             bay.clone(),
             common::bin().to_string(),
             "05060607070".into(),
-            artifacts().to_string_lossy().to_string(),
+            common::artifacts().to_string_lossy().to_string(),
             "js".into(),
         ],
     )
@@ -362,10 +295,12 @@ async fn two_tablets_on_two_instances_in_chromium() {
         .find_map(|l| l.strip_prefix("DONE "))
         .unwrap_or_else(|| panic!("{stdout}"))
         .to_string();
-    let list = call_list(&two.base(), "duo", &bay).await;
+    let list = common::get_json(&format!("{}/api/stores/duo/calls", two.base()), &bay).await;
     assert_eq!(list[0]["callId"], seq.as_str());
     assert_eq!(list[0]["acknowledgedBy"], "js");
-    assert!(artifacts().join("tablet-two-bay-taken.png").is_file());
+    assert!(common::artifacts()
+        .join("tablet-two-bay-taken.png")
+        .is_file());
     drop((one, two));
     broker.cleanup().await;
     db.cleanup().await;

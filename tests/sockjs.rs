@@ -19,14 +19,7 @@ impl Ctx {
     }
 
     async fn call(&self, seq: &str, number: &str) {
-        let fields = [
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "010-2222-3333"),
-            ("ton", "0299990000"),
-            ("vn", number),
-        ];
-        assert_eq!(common::post_cdr(&self.base(), &fields).await, 200);
+        assert_eq!(common::post_call(&self.base(), seq, number).await, 200);
     }
 
     async fn finish(self) {
@@ -331,15 +324,7 @@ async fn xhr_polling_carries_a_stomp_session() {
         204
     );
     assert_eq!(command(&x.messages().await[0]), "RECEIPT");
-    let list: serde_json::Value = common::http()
-        .get(format!("{}/api/stores/gangnam/calls", ctx.base()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{}/api/stores/gangnam/calls", ctx.base()), &token).await;
     assert_eq!(list[0]["acknowledged"], true);
 
     // A second receiver while one waits: 2010, and the first is unharmed.

@@ -9,34 +9,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::nginx::Nginx;
 use common::Instance;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-fn register(dir: &Path, slug: &str, number: &str) -> String {
-    let run = |args: &[&str]| {
-        let out = Command::new(common::bin())
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    run(&["store", "add", slug, "--name", slug, "--number", number]);
-    run(&["token", "issue", slug, "--label", "sockjs"])
-}
 
 struct Node {
     child: Child,
@@ -45,14 +23,11 @@ struct Node {
 
 impl Node {
     fn spawn(url: &str, token: &str, slug: &str, transports: &str) -> Node {
-        assert!(
-            js_dir().join("node_modules/sockjs-client").is_dir(),
-            "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does)"
-        );
+        common::require_js("sockjs-client");
         let mut child = Command::new("node")
-            .arg(js_dir().join("sockjs_tablet.mjs"))
+            .arg(common::js_dir().join("sockjs_tablet.mjs"))
             .args([url, token, slug, transports])
-            .current_dir(js_dir())
+            .current_dir(common::js_dir())
             .stdout(Stdio::piped())
             .spawn()
             .expect("node");
@@ -107,7 +82,7 @@ async fn cdr(base: &str, seq: &str, extra: &[(&str, &str)]) {
 /// sockjs-client transport that must be chosen.
 async fn spring_tablet(transports: &str, expect_transport: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path(), "pad-store", "050-3333-4444");
+    let token = common::register(dir.path(), "pad-store", "050-3333-4444", "sockjs");
     let mut server = Instance::spawn(dir.path(), &[]);
     let addr = server.addr.to_string();
     let base = server.base();
@@ -168,16 +143,12 @@ async fn spring_tablet_with_the_default_transports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spring_page_in_headless_chromium() {
     use std::io::Write;
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install chromium (scripts/test does)"
-    );
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    let chromium = common::chromium();
+    let artifacts = common::artifacts();
     let mut child = Command::new("node")
-        .arg(js_dir().join("spring_page.mjs"))
+        .arg(common::js_dir().join("spring_page.mjs"))
         .arg(&artifacts)
-        .current_dir(js_dir())
+        .current_dir(common::js_dir())
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -195,7 +166,7 @@ async fn spring_page_in_headless_chromium() {
     let origin = node.expect("ORIGIN ").await["ORIGIN ".len()..].to_string();
 
     let dir = tempfile::tempdir().unwrap();
-    register(dir.path(), "old-pad", "050-7777-8888");
+    common::register(dir.path(), "old-pad", "050-7777-8888", "sockjs");
     // Token-less tablets follow only stores the operator opted in.
     let db_url = format!("sqlite://{}", dir.path().join("bizcall.db").display());
     let (code, _, stderr) = common::run_cli(
@@ -235,14 +206,7 @@ async fn spring_page_in_headless_chromium() {
         stores[0]["anonymousTabletsHere"] == 1
     })
     .await;
-    let metrics = common::http()
-        .get(format!("{}/metrics", server.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&format!("{}/metrics", server.base())).await;
     assert!(metrics.contains("bizcall_tablets_connected{auth=\"anonymous\"} 1"));
     cdr(&server.base(), "page1", &[("vn", "05077778888")]).await;
     let popup = node.expect("POPUP").await;
@@ -251,27 +215,11 @@ async fn spring_page_in_headless_chromium() {
     assert!(artifacts.join("sockjs-spring-page.png").is_file());
 }
 
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers too.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 /// Three instances on RabbitMQ behind nginx (the deploy template): every
 /// transport's tablet gets its popup and the update, so the xhr
 /// transports' requests reached the instance holding their session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_through_nginx_to_three_instances() {
-    assert!(
-        Path::new("/usr/sbin/nginx").exists(),
-        "nginx is missing: apt-get install nginx (scripts/test does)"
-    );
     let db = common::TestDb::new(common::Backend::Postgres).await;
     let broker = common::Broker::new();
     let pool = db.connect().await;
@@ -291,47 +239,12 @@ async fn every_transport_through_nginx_to_three_instances() {
         .map(|_| Instance::spawn(dir.path(), &common::env_refs(&env)))
         .collect();
 
-    let ndir = tempfile::tempdir().unwrap();
-    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(ndir.path().join("tmp").join(sub)).unwrap();
-    }
-    let nport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let servers: String = instances
         .iter()
         .map(|i| format!("        server {};\n", i.addr))
         .collect();
-    let conf = include_str!("../deploy/nginx.conf.template")
-        .replace("@DIR@", ndir.path().to_str().unwrap())
-        .replace("@LISTEN@", &format!("127.0.0.1:{nport}"))
-        .replace("@USER@", "user root;")
-        .replace("@SERVERS@", &servers);
-    let conf_path = ndir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let _nginx = Nginx(
-        Command::new("/usr/sbin/nginx")
-            .args(["-p", ndir.path().to_str().unwrap()])
-            .args(["-c", conf_path.to_str().unwrap(), "-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx"),
-    );
-    let base = format!("http://127.0.0.1:{nport}");
-    common::eventually(Duration::from_secs(10), "nginx up", || {
-        let base = base.clone();
-        async move {
-            common::http()
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await;
+    let nginx = Nginx::start_servers(&servers).await;
+    let base = nginx.base();
 
     let url = format!("{base}/ws/v1/offline-store-pad");
     let kinds = ["websocket", "xhr-streaming", "xhr-polling"];

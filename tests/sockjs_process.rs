@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -23,36 +22,8 @@ const STREAMING_LIMIT: usize = 128 * 1024;
 /// Frames a session queues for its receiver (src/sockjs/session.rs).
 const SESSION_QUEUE: usize = 64;
 
-fn register(dir: &Path, slug: &str, number: &str) -> String {
-    let run = |args: &[&str]| {
-        let out = Command::new(common::bin())
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    run(&["store", "add", slug, "--name", slug, "--number", number]);
-    run(&["token", "issue", slug, "--label", "sockjs-load"])
-}
-
 fn session_url(base: &str) -> String {
     format!("{base}{SOCKJS}/000/{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 fn connect_frame(token: &str) -> String {
@@ -182,15 +153,7 @@ async fn expect_line(rx: &mut UnboundedReceiver<String>, want: &str) {
 
 /// `tabletsHere` of `slug` in the admin view.
 async fn tablets_here(base: &str, slug: &str) -> u64 {
-    let list: serde_json::Value = common::http()
-        .get(format!("{base}/api/admin/stores"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{base}/api/admin/stores"), ADMIN).await;
     list.as_array()
         .unwrap()
         .iter()
@@ -236,17 +199,6 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
     }
 }
 
-async fn cdr(base: &str, seq: &str, number: &str) {
-    let fields = [
-        ("seq", seq),
-        ("sdt", "20261122101500"),
-        ("fromn", "010-2222-3333"),
-        ("ton", "0299990000"),
-        ("vn", number),
-    ];
-    assert_eq!(common::post_cdr(base, &fields).await, 200);
-}
-
 /// A tablet whose `xhr_streaming` receiver subscribes and then stops
 /// reading while calls keep coming: the process keeps at most one
 /// response's worth (128 KiB and one batch of queued frames) for it, ends
@@ -255,8 +207,8 @@ async fn cdr(base: &str, seq: &str, number: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_xhr_streaming_reader_is_ended_and_others_get_every_popup() {
     let dir = tempfile::tempdir().unwrap();
-    let slow_token = register(dir.path(), "slow-store", "050-1111-0001");
-    let other_token = register(dir.path(), "other-store", "050-1111-0002");
+    let slow_token = common::register(dir.path(), "slow-store", "050-1111-0001", "sockjs-load");
+    let other_token = common::register(dir.path(), "other-store", "050-1111-0002", "sockjs-load");
     let same_token = {
         let out = Command::new(common::bin())
             .args(["token", "issue", "slow-store", "--label", "healthy"])
@@ -318,11 +270,11 @@ async fn a_stalled_xhr_streaming_reader_is_ended_and_others_get_every_popup() {
     loop {
         n += 1;
         let seq = format!("slow-{n}");
-        cdr(&base, &seq, "05011110001").await;
+        assert_eq!(common::post_call(&base, &seq, "05011110001").await, 200);
         slow_calls.insert(seq);
         if n % 4 == 0 {
             let seq = format!("other-{n}");
-            cdr(&base, &seq, "05011110002").await;
+            assert_eq!(common::post_call(&base, &seq, "05011110002").await, 200);
             other_calls.insert(seq);
         }
         if n >= 200
@@ -389,7 +341,7 @@ async fn a_stalled_xhr_streaming_reader_is_ended_and_others_get_every_popup() {
     );
     // The process is still serving: a new tablet connects.
     let mut again = ws_tablet(server.addr, &slow_token, "slow-store").await;
-    cdr(&base, "after", "05011110001").await;
+    assert_eq!(common::post_call(&base, "after", "05011110001").await, 200);
     receives_all(
         &mut again,
         &HashSet::from(["after".to_string()]),
@@ -407,7 +359,7 @@ async fn a_stalled_xhr_streaming_reader_is_ended_and_others_get_every_popup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_abandoned_sessions_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    register(dir.path(), "pad-store", "050-1111-0003");
+    common::register(dir.path(), "pad-store", "050-1111-0003", "sockjs-load");
     let server = Instance::spawn(dir.path(), &[]);
     let base = server.base();
     let pid = server.child.id();
@@ -454,7 +406,7 @@ async fn ten_thousand_abandoned_sessions_leave_nothing_behind() {
             opened += t.await.unwrap();
         }
         let held = common::metric(base, "bizcall_sockjs_sessions").await as u64;
-        let rss_opened = rss_kib(pid);
+        let rss_opened = common::rss_kib(pid);
         // Without a receiver a session lives 5 s, then is forgotten 5 s on.
         common::eventually(Duration::from_secs(180), "every session forgotten", || {
             let base = base.to_string();
@@ -464,13 +416,13 @@ async fn ten_thousand_abandoned_sessions_leave_nothing_behind() {
         (opened, held, rss_opened)
     }
 
-    let rss_start = rss_kib(pid);
+    let rss_start = common::rss_kib(pid);
     let (opened, held, rss_peak) = round(&base, pid).await;
     assert_eq!(opened, 10_000);
-    let rss_first = rss_kib(pid);
+    let rss_first = common::rss_kib(pid);
     let (opened, held2, rss_peak2) = round(&base, pid).await;
     assert_eq!(opened, 10_000);
-    let rss_second = rss_kib(pid);
+    let rss_second = common::rss_kib(pid);
     println!(
         "RSS: start {rss_start} KiB; round 1: {rss_peak} KiB with {held} sessions held \
          after opening, {rss_first} KiB once forgotten; round 2: {rss_peak2} KiB with \
@@ -505,7 +457,7 @@ async fn connected_sockjs_websocket_tablets_leave_the_pending_share() {
     use tokio_tungstenite::tungstenite::Message;
 
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path(), "nat-store", "050-1111-0004");
+    let token = common::register(dir.path(), "nat-store", "050-1111-0004", "sockjs-load");
     let server = Instance::spawn(
         dir.path(),
         &[("BIZCALL_SERVER__MAX_PENDING_PER_ADDRESS", "4")],
@@ -554,7 +506,10 @@ async fn connected_sockjs_websocket_tablets_leave_the_pending_share() {
         common::metric(&server.base(), "bizcall_tablets_connected").await,
         6.0
     );
-    cdr(&server.base(), "nat-1", "05011110004").await;
+    assert_eq!(
+        common::post_call(&server.base(), "nat-1", "05011110004").await,
+        200
+    );
     for ws in &mut tablets {
         let got = frames(ws).await;
         assert_eq!(call_id(&got[0]).as_deref(), Some("nat-1"));
@@ -574,7 +529,7 @@ async fn poll(http: &reqwest::Client, url: &str) -> Result<String, reqwest::Erro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_tablet_between_polls_gets_the_restart_error() {
     let dir = tempfile::tempdir().unwrap();
-    let token = register(dir.path(), "poll-stop", "050-4545-0001");
+    let token = common::register(dir.path(), "poll-stop", "050-4545-0001", "sockjs-load");
     let mut server = Instance::spawn(dir.path(), &[]);
     let url = session_url(&server.base());
     let http = common::http();

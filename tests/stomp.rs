@@ -82,15 +82,7 @@ async fn popup_flow(protocol: Option<&str>) {
         .send_raw(&format!("ACK\nid:{ack}\nreceipt:a1\n\n\0"))
         .await;
     assert_eq!(tablet.expect("RECEIPT").await.get("receipt-id"), Some("a1"));
-    let list: serde_json::Value = common::http()
-        .get(format!("{}/api/stores/gangnam/calls", ctx.base()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&format!("{}/api/stores/gangnam/calls", ctx.base()), &token).await;
     assert_eq!(list[0]["callId"], "F1");
     assert_eq!(list[0]["acknowledged"], true);
     assert!(list[0]["acknowledgedAt"].is_string());

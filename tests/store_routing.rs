@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fleet::vn;
 use common::relay::Relay;
 use common::stomp::Client;
 use common::{Backend, Broker, Instance, TestDb};
@@ -30,9 +31,8 @@ const SEND_FOR: Duration = Duration::from_secs(15);
 /// the session ended: time for it to travel, not a speed requirement.
 const MARGIN: Duration = Duration::from_millis(1500);
 
-fn vn(store: usize) -> String {
-    format!("0507100{store:04}")
-}
+/// The stores' numbers: 0507100 and the store's index.
+const SERIES: &str = "0507100";
 
 /// One tablet connection: when it was subscribed, when it ended, and the
 /// call events it received (with repeats).
@@ -106,7 +106,9 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
     let mut tokens = Vec::new();
     for s in 0..STORES {
         let slug = format!("c{s}");
-        pool.store_add(&slug, &slug, &[vn(s)]).await.unwrap();
+        pool.store_add(&slug, &slug, &[vn(SERIES, s)])
+            .await
+            .unwrap();
         tokens.push(pool.token_issue(&slug, "t").await.unwrap().1);
     }
     pool.close().await;
@@ -125,11 +127,7 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
     ));
     let b = Instance::spawn(dir.path(), &common::env_refs(&env));
     for base in [a.base(), b.base()] {
-        common::eventually(Duration::from_secs(60), "bus up", || {
-            let base = base.clone();
-            async move { common::metric(&base, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&base, Duration::from_secs(60)).await;
     }
 
     // Tablets churn on both instances: one loop per store on A, and on B
@@ -169,7 +167,7 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
                     ("sdt", "20261203101500"),
                     ("fromn", "010-5555-0000"),
                     ("ton", "02"),
-                    ("vn", &vn(store)),
+                    ("vn", &vn(SERIES, store)),
                 ],
             )
             .await;

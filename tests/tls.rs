@@ -80,6 +80,52 @@ fn with(base: &[(String, String)], extra: &[(&str, String)]) -> Vec<(String, Str
     env
 }
 
+/// What a failed command must say on stderr.
+enum Says {
+    /// Its error line, exactly.
+    Line(String),
+    /// An error line that starts so.
+    Starts(String),
+    /// An error line that starts with the first and ends with the second.
+    Framed(String, &'static str),
+    /// An error line that contains this.
+    LineHas(&'static str),
+    /// Its stderr contains this (the line may come from the configuration).
+    Has(&'static str),
+}
+
+/// One TLS mistake: `bizcall <args>` with `env` on top of the test's own
+/// must fail and say `says`.
+struct Case {
+    what: &'static str,
+    args: &'static [&'static str],
+    env: Vec<(&'static str, String)>,
+    says: Says,
+}
+
+impl Case {
+    /// Runs the case on top of the environment `base`.
+    fn check(&self, base: &[(String, String)]) {
+        let err = fails(self.args, &with(base, &self.env));
+        let what = self.what;
+        match &self.says {
+            Says::Line(line) => assert_eq!(&error_line(&err), line, "{what}: {err}"),
+            Says::Starts(start) => {
+                assert!(error_line(&err).starts_with(start), "{what}: {err}")
+            }
+            Says::Framed(start, end) => {
+                let line = error_line(&err);
+                assert!(
+                    line.starts_with(start) && line.ends_with(end),
+                    "{what}: {err}"
+                );
+            }
+            Says::LineHas(part) => assert!(error_line(&err).contains(part), "{what}: {err}"),
+            Says::Has(part) => assert!(err.contains(part), "{what}: {err}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_to_a_real_tls_node() {
     let mut nodes = Nodes::new();
@@ -100,41 +146,26 @@ async fn amqps_to_a_real_tls_node() {
     };
 
     // Each mistake stops the start with its line, naming the broker.
-    let serve = ["serve"];
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps"))],
-        ),
-    );
-    assert_eq!(
-        error_line(&err),
-        format!("error: RabbitMQ at amqps://localhost:{tls_port}: its TLS certificate is signed by an unknown certificate authority: set amqp.tls.ca_file to that CA's PEM file"),
-        "{err}"
-    );
-
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+    let mut mistakes = vec![
+        Case {
+            what: "a CA the client does not know",
+            args: &["serve"],
+            env: vec![("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps"))],
+            says: Says::Line(format!("error: RabbitMQ at amqps://localhost:{tls_port}: its TLS certificate is signed by an unknown certificate authority: set amqp.tls.ca_file to that CA's PEM file")),
+        },
+        Case {
+            what: "a name the certificate does not list",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("127.0.0.1", tls_port, "amqps")),
                 ("BIZCALL_AMQP__TLS__CA_FILE", ca.clone()),
             ],
-        ),
-    );
-    assert_eq!(
-        error_line(&err),
-        format!("error: RabbitMQ at amqps://127.0.0.1:{tls_port}: its TLS certificate is not valid for the name '127.0.0.1': connect by a name the certificate lists, or set amqp.tls.server_name to one"),
-        "{err}"
-    );
-
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::Line(format!("error: RabbitMQ at amqps://127.0.0.1:{tls_port}: its TLS certificate is not valid for the name '127.0.0.1': connect by a name the certificate lists, or set amqp.tls.server_name to one")),
+        },
+        Case {
+            what: "an expired certificate",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 ("BIZCALL_AMQP__TLS__CA_FILE", ca.clone()),
                 (
@@ -142,104 +173,69 @@ async fn amqps_to_a_real_tls_node() {
                     "expired.bizcall.test".into(),
                 ),
             ],
-        ),
-    );
-    assert_eq!(
-        error_line(&err),
-        format!("error: RabbitMQ at amqps://localhost:{tls_port}: its TLS certificate has expired: renew it on the broker (or check this machine's clock)"),
-        "{err}"
-    );
-
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::Line(format!("error: RabbitMQ at amqps://localhost:{tls_port}: its TLS certificate has expired: renew it on the broker (or check this machine's clock)")),
+        },
+        Case {
+            what: "no client certificate for a broker that requires one",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 ("BIZCALL_AMQP__TLS__CA_FILE", ca.clone()),
                 ("BIZCALL_AMQP__TLS__SERVER_NAME", "mtls.bizcall.test".into()),
             ],
-        ),
-    );
-    let line = error_line(&err);
-    assert!(
-        line.starts_with(&format!(
-            "error: RabbitMQ at amqps://localhost:{tls_port}: the broker requires a client certificate"
-        )) && line.ends_with("set amqp.tls.cert_file and amqp.tls.key_file"),
-        "{err}"
-    );
-
-    // amqps:// on the plain port, amqp:// on the TLS port.
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::Framed(
+                format!("error: RabbitMQ at amqps://localhost:{tls_port}: the broker requires a client certificate"),
+                "set amqp.tls.cert_file and amqp.tls.key_file",
+            ),
+        },
+        // amqps:// on the plain port, amqp:// on the TLS port.
+        Case {
+            what: "amqps:// on the plain port",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", node.port, "amqps")),
                 ("BIZCALL_AMQP__TLS__CA_FILE", ca.clone()),
             ],
-        ),
-    );
-    assert_eq!(
-        error_line(&err),
-        format!("error: RabbitMQ at amqps://localhost:{}: it does not speak TLS on this port: use amqp:// for a plain port, or the broker's TLS port (usually 5671) with amqps://", node.port),
-        "{err}"
-    );
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqp"))],
-        ),
-    );
-    assert_eq!(
-        error_line(&err),
-        format!("error: RabbitMQ at amqp://localhost:{tls_port}: that port speaks TLS: use amqps:// (or the broker's plain port, usually 5672)"),
-        "{err}"
-    );
-
+            says: Says::Line(format!("error: RabbitMQ at amqps://localhost:{}: it does not speak TLS on this port: use amqp:// for a plain port, or the broker's TLS port (usually 5671) with amqps://", node.port)),
+        },
+        Case {
+            what: "amqp:// on the TLS port",
+            args: &["serve"],
+            env: vec![("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqp"))],
+            says: Says::Line(format!("error: RabbitMQ at amqp://localhost:{tls_port}: that port speaks TLS: use amqps:// (or the broker's plain port, usually 5672)")),
+        },
+    ];
     // Unusable settings.
     let missing = nodes.root().join("no-such-ca.pem");
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+    mistakes.extend([
+        Case {
+            what: "a CA file that is not there",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 ("BIZCALL_AMQP__TLS__CA_FILE", missing.display().to_string()),
             ],
-        ),
-    );
-    let line = error_line(&err);
-    assert!(
-        line.starts_with(&format!(
-            "error: amqp.tls: amqp.tls.ca_file {}: cannot read it",
-            missing.display()
-        )),
-        "{err}"
-    );
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::Starts(format!(
+                "error: amqp.tls: amqp.tls.ca_file {}: cannot read it",
+                missing.display()
+            )),
+        },
+        Case {
+            what: "a key as the CA file",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 (
                     "BIZCALL_AMQP__TLS__CA_FILE",
                     certs.server_key.display().to_string(),
                 ),
             ],
-        ),
-    );
-    assert!(
-        error_line(&err).contains("no PEM certificate in it"),
-        "{err}"
-    );
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::LineHas("no PEM certificate in it"),
+        },
+        Case {
+            what: "a certificate as the key file",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 ("BIZCALL_AMQP__TLS__CA_FILE", ca.clone()),
                 (
@@ -251,40 +247,33 @@ async fn amqps_to_a_real_tls_node() {
                     certs.ca.display().to_string(),
                 ),
             ],
-        ),
-    );
-    assert!(
-        error_line(&err).contains("no PEM private key in it"),
-        "{err}"
-    );
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::LineHas("no PEM private key in it"),
+        },
+        Case {
+            what: "a client certificate without its key",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 (
                     "BIZCALL_AMQP__TLS__CERT_FILE",
                     certs.client.display().to_string(),
                 ),
             ],
-        ),
-    );
-    assert!(
-        err.contains("amqp.tls.cert_file and amqp.tls.key_file go together"),
-        "{err}"
-    );
-    let err = fails(
-        &serve,
-        &with(
-            &base,
-            &[
+            says: Says::Has("amqp.tls.cert_file and amqp.tls.key_file go together"),
+        },
+        Case {
+            what: "a server name that is not a name",
+            args: &["serve"],
+            env: vec![
                 ("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps")),
                 ("BIZCALL_AMQP__TLS__SERVER_NAME", "not a name".into()),
             ],
-        ),
-    );
-    assert!(err.contains("amqp.tls.server_name"), "{err}");
+            says: Says::Has("amqp.tls.server_name"),
+        },
+    ]);
+    for case in &mistakes {
+        case.check(&base);
+    }
 
     // The popup path over amqps://, two instances: A by the certificate's
     // name; B by IP with amqp.tls.server_name, presenting a client
@@ -335,11 +324,7 @@ async fn amqps_to_a_real_tls_node() {
         (&b, format!("amqps://127.0.0.1:{tls_port}")),
     ] {
         let base_url = i.base();
-        common::eventually(Duration::from_secs(60), "bus up over TLS", || {
-            let base_url = base_url.clone();
-            async move { common::metric(&base_url, "bizcall_bus_connected").await == 1.0 }
-        })
-        .await;
+        common::bus_up(&base_url, Duration::from_secs(60)).await;
         let ready: serde_json::Value = common::http()
             .get(format!("{base_url}/readyz"))
             .send()
@@ -381,18 +366,7 @@ async fn amqps_to_a_real_tls_node() {
     tablet.connect(&token).await;
     tablet.subscribe("tls1", "0", "auto").await;
     for (instance, seq) in [(&a, "tls-a1"), (&b, "tls-b1")] {
-        let code = common::post_cdr(
-            &instance.base(),
-            &[
-                ("seq", seq),
-                ("sdt", "20261122101500"),
-                ("fromn", "01012341234"),
-                ("ton", "0211112222"),
-                ("vn", VN),
-            ],
-        )
-        .await;
-        assert_eq!(code, 200);
+        assert_eq!(common::post_call(&instance.base(), seq, VN).await, 200);
         let got = tablet.expect("MESSAGE").await;
         assert_eq!(got.json()["store"], "tls1", "{:?}", got.json());
     }
@@ -402,15 +376,15 @@ async fn amqps_to_a_real_tls_node() {
     assert_eq!(code, 0, "{out}{err}");
     let mut no_ca = env_a.clone();
     no_ca.retain(|(k, _)| k != "BIZCALL_AMQP__TLS__CA_FILE");
-    no_ca.push((
-        "BIZCALL_AMQP__URL".into(),
-        url("localhost", tls_port, "amqps"),
-    ));
-    let err = fails(&["dlq", "list"], &no_ca);
-    assert!(
-        err.contains("its TLS certificate is signed by an unknown certificate authority: set amqp.tls.ca_file"),
-        "{err}"
-    );
+    Case {
+        what: "`bizcall dlq` without the CA",
+        args: &["dlq", "list"],
+        env: vec![("BIZCALL_AMQP__URL", url("localhost", tls_port, "amqps"))],
+        says: Says::Has(
+            "its TLS certificate is signed by an unknown certificate authority: set amqp.tls.ca_file",
+        ),
+    }
+    .check(&no_ca);
 
     drop((a, b));
     db.cleanup().await;

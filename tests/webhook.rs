@@ -414,14 +414,7 @@ async fn repeats_cannot_rewrite_a_call(backend: Backend) {
     );
     assert_eq!(row.virtual_number.as_deref(), Some(VN));
 
-    let metrics = common::http()
-        .get(format!("{}/metrics", common::base(ctx.server.addr)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&format!("{}/metrics", common::base(ctx.server.addr))).await;
     let conflicts: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("bizcall_cdr_received_total{result=\"conflict\"} "))

@@ -36,6 +36,82 @@ pub struct Tablet {
 /// When each call's CDR was first posted.
 pub type SentAt = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// Store `store`'s number in a test's `series`: the series, then the
+/// store's index in four digits.
+pub fn vn(series: &str, store: usize) -> String {
+    format!("{series}{store:04}")
+}
+
+/// Posts a ringing CDR for `vn` the way the provider does: again and again
+/// for up to 60 s until an instance answers `OK`, trying `bases` in turn
+/// from `bases[first % len]`. False when none ever did.
+pub async fn provider_post(bases: &[String], first: usize, seq: &str, vn: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = first;
+    while Instant::now() < deadline {
+        if super::post_call(&bases[i % bases.len()], seq, vn).await == 200 {
+            return true;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Stores `store00`, `store01`, … (`stores` of them), each on
+/// `vn(series, i)` with `per_store` tablet tokens labelled `label`; returns
+/// (slug, tokens) per store.
+pub async fn add_stores(
+    db: &bizcall::db::Db,
+    stores: usize,
+    series: &str,
+    per_store: usize,
+    label: &str,
+) -> Vec<(String, Vec<String>)> {
+    let mut tokens = Vec::new();
+    for s in 0..stores {
+        let slug = format!("store{s:02}");
+        db.store_add(&slug, &slug, &[vn(series, s)]).await.unwrap();
+        let mut t = Vec::new();
+        for _ in 0..per_store {
+            t.push(db.token_issue(&slug, label).await.unwrap().1);
+        }
+        tokens.push((slug, t));
+    }
+    tokens
+}
+
+/// One `run_tablet` per token of `tokens` (from `add_stores`), the k-th of
+/// them all against `bases[k % len]`, until `stop`; returns the tablets and
+/// their tasks.
+pub fn start_tablets(
+    tokens: &[(String, Vec<String>)],
+    bases: &[String],
+    sent: &SentAt,
+    stop: &CancellationToken,
+) -> (Vec<Tablet>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut tablets = Vec::new();
+    let mut tasks = Vec::new();
+    for (slug, toks) in tokens {
+        for tok in toks {
+            let log: Arc<Mutex<TabletLog>> = Arc::default();
+            tablets.push(Tablet {
+                slug: slug.clone(),
+                log: log.clone(),
+            });
+            tasks.push(tokio::spawn(run_tablet(
+                bases[tasks.len() % bases.len()].clone(),
+                slug.clone(),
+                tok.clone(),
+                log,
+                sent.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    (tablets, tasks)
+}
+
 /// Sends `frame` and waits up to 5 s for a frame of command `answer`.
 async fn exchange(c: &mut Client, frame: &str, answer: &str) -> bool {
     c.send_raw(frame).await;

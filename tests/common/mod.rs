@@ -298,8 +298,10 @@ impl Drop for Instance {
     }
 }
 
-/// RabbitMQ names of one test, deleted by `cleanup`.
+/// RabbitMQ names of one test on one broker, deleted by `cleanup`.
 pub struct Broker {
+    /// The broker: the shared one (`amqp_url`), or a node of the test's own.
+    pub url: String,
     pub exchange: String,
     pub prefix: String,
     pub dlx: String,
@@ -307,9 +309,17 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Names on the shared broker.
     pub fn new() -> Self {
+        Self::on(&amqp_url())
+    }
+
+    /// Names on the broker at `url` (a node of the test's own:
+    /// `rabbit::Node::url`).
+    pub fn on(url: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Broker {
+            url: url.to_string(),
             exchange: format!("bizcall-test-x-{id}"),
             prefix: format!("bizcall-test-q-{id}"),
             dlx: format!("bizcall-test-dlx-{id}"),
@@ -317,12 +327,12 @@ impl Broker {
         }
     }
 
-    /// Points a configuration's bus at these names on the test broker.
+    /// Points a configuration's bus at these names on this broker.
     pub fn apply(&self, c: &mut Config) {
         c.bus.kind = bizcall::config::BusKind::Amqp;
         // Tests post CDRs without a key: said on purpose.
         c.webhook.open = true;
-        c.amqp.url = amqp_url();
+        c.amqp.url = self.url.clone();
         c.amqp.exchange = self.exchange.clone();
         c.amqp.queue_prefix = self.prefix.clone();
         c.amqp.dead_letter_exchange = self.dlx.clone();
@@ -334,7 +344,7 @@ impl Broker {
         vec![
             ("BIZCALL_BUS__KIND".into(), "amqp".into()),
             ("BIZCALL_WEBHOOK__OPEN".into(), "true".into()),
-            ("BIZCALL_AMQP__URL".into(), amqp_url()),
+            ("BIZCALL_AMQP__URL".into(), self.url.clone()),
             ("BIZCALL_AMQP__EXCHANGE".into(), self.exchange.clone()),
             ("BIZCALL_AMQP__QUEUE_PREFIX".into(), self.prefix.clone()),
             (
@@ -346,7 +356,7 @@ impl Broker {
     }
 
     pub async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
-        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        let conn = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
             .await
             .expect("test broker");
         let ch = conn.create_channel().await.expect("channel");
@@ -453,15 +463,9 @@ pub fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// A counter or gauge from an instance's `/metrics`, summed over labels.
 pub async fn metric(base: &str, name: &str) -> f64 {
-    let text = http()
-        .get(format!("{base}/metrics"))
-        .send()
+    get_text(&format!("{base}/metrics"))
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
+        .lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
@@ -473,15 +477,9 @@ pub async fn metric(base: &str, name: &str) -> f64 {
 /// A counter from an instance's `/metrics` whose labels include `label`
 /// (e.g. `result="conflict"`), summed.
 pub async fn metric_labelled(base: &str, name: &str, label: &str) -> f64 {
-    let text = http()
-        .get(format!("{base}/metrics"))
-        .send()
+    get_text(&format!("{base}/metrics"))
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
+        .lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix('{'))
@@ -491,7 +489,26 @@ pub async fn metric_labelled(base: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Posts a provider-shaped CDR form; returns the status code.
+/// An answer's header `name`, or "" when it has none.
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+/// `GET url`, read as text.
+pub async fn get_text(url: &str) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// `GET url` with `Authorization: Bearer <bearer>`, read as JSON.
 pub async fn get_json(url: &str, bearer: &str) -> serde_json::Value {
     http()
@@ -505,6 +522,8 @@ pub async fn get_json(url: &str, bearer: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// Posts a provider-shaped CDR form; returns the status code (0 when
+/// nothing answered).
 pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
     match http()
         .post(format!("{base}/bizcall/cdr"))
@@ -517,26 +536,117 @@ pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
     }
 }
 
-/// Runs `rabbitmqctl <args>`, asserting it succeeds.
-pub fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
+/// Posts a ringing CDR for the store number `vn` (from 010-2222-3333 to
+/// 0299990000, on 2026-11-22 10:15); returns the status code.
+pub async fn post_call(base: &str, seq: &str, vn: &str) -> u16 {
+    post_cdr(
+        base,
+        &[
+            ("seq", seq),
+            ("sdt", "20261122101500"),
+            ("fromn", "010-2222-3333"),
+            ("ton", "0299990000"),
+            ("vn", vn),
+        ],
+    )
+    .await
+}
+
+/// A CDR's form fields without a virtual number (so for no store), for a
+/// client of the test's own choosing.
+pub fn cdr_fields(seq: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("seq", seq.to_string()),
+        ("sdt", "20261122101500".into()),
+        ("fromn", "01012345678".into()),
+        ("ton", "0212345678".into()),
+    ]
+}
+
+/// Waits until the instance at `base` is connected to its broker.
+pub async fn bus_up(base: &str, limit: Duration) {
+    eventually(limit, &format!("bus up on {base}"), || async move {
+        metric(base, "bizcall_bus_connected").await == 1.0
+    })
+    .await;
+}
+
+/// Runs `bizcall <args>` in `dir` (where its `bizcall.toml` and SQLite file
+/// are) with `env` added and `RUST_LOG` unset, asserting it succeeds;
+/// returns its standard output, trimmed.
+pub fn cli_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(bin())
         .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
-        .expect("rabbitmqctl");
+        .expect("run bizcall");
     assert!(
         out.status.success(),
-        "rabbitmqctl {args:?}: {}",
+        "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A store `slug` (named after its slug) on `number` and a tablet token
+/// labelled `label` for it, made with the CLI in `dir`; returns the token.
+pub fn register(dir: &std::path::Path, slug: &str, number: &str, label: &str) -> String {
+    register_named(dir, slug, slug, number, label, &[])
+}
+
+/// `register` with the store's name and the CLI's environment.
+pub fn register_named(
+    dir: &std::path::Path,
+    slug: &str,
+    name: &str,
+    number: &str,
+    label: &str,
+    env: &[(&str, &str)],
+) -> String {
+    cli_in(
+        dir,
+        &["store", "add", slug, "--name", name, "--number", number],
+        env,
+    );
+    cli_in(dir, &["token", "issue", slug, "--label", label], env)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The JavaScript test clients (tests/js).
+pub fn js_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+/// Asserts the npm package `package` is installed under tests/js.
+pub fn require_js(package: &str) {
+    assert!(
+        js_dir().join("node_modules").join(package).is_dir(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does)"
     );
 }
 
-/// Starts the broker's application again however a test that stops it ends.
-pub struct StartAppOnDrop;
+/// The headless Chromium the page tests drive (`CHROMIUM`, else Debian's).
+pub fn chromium() -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install chromium (scripts/test does)"
+    );
+    chromium
+}
 
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
+/// Where the page tests leave their screenshots.
+pub fn artifacts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts")
 }

@@ -13,8 +13,18 @@ pub struct Nginx {
 
 impl Nginx {
     /// Starts nginx on `127.0.0.1:<free port>` balancing over `upstreams`
-    /// (ports on 127.0.0.1), and waits until `/healthz` answers through it.
+    /// (ports on 127.0.0.1, each out of the rotation for a second after a
+    /// failure), and waits until `/healthz` answers through it.
     pub async fn start(upstreams: &[u16]) -> Nginx {
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
+            .collect();
+        Nginx::start_servers(&servers).await
+    }
+
+    /// The same with the upstream block's `server` lines as given.
+    pub async fn start_servers(servers: &str) -> Nginx {
         assert!(
             Path::new("/usr/sbin/nginx").exists(),
             "nginx is missing: apt-get install nginx (scripts/test does)"
@@ -24,15 +34,11 @@ impl Nginx {
             std::fs::create_dir_all(dir.path().join("tmp").join(sub)).expect("nginx tmp");
         }
         let port = super::free_port();
-        let servers: String = upstreams
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
-            .collect();
         let conf = include_str!("../../deploy/nginx.conf.template")
             .replace("@DIR@", dir.path().to_str().expect("utf-8 path"))
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
             .replace("@USER@", "user root;")
-            .replace("@SERVERS@", &servers);
+            .replace("@SERVERS@", servers);
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("nginx.conf");
         let child = std::process::Command::new("/usr/sbin/nginx")

@@ -317,7 +317,7 @@ pub struct Nodes {
 /// 0.0.0.0). Not 25600–25799 (the shared broker's distribution port) and
 /// below 31000 (RabbitMQ's CLI tools take ports 10000 above a node's
 /// distribution port).
-fn free_port() -> u16 {
+fn node_port() -> u16 {
     use rand::Rng;
     loop {
         let port = rand::rng().random_range(20000..31000u16);
@@ -348,6 +348,15 @@ impl Nodes {
         }
     }
 
+    /// One node with a plain listener, started and up. Blocks for the
+    /// node's boot: from async code, call it inside `block_in_place`.
+    pub fn single() -> Nodes {
+        let mut nodes = Nodes::new();
+        nodes.add(Listen::Plain);
+        nodes.wait_all();
+        nodes
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -358,12 +367,12 @@ impl Nodes {
         let name = format!("{PREFIX}{}-{n}@localhost", self.id);
         let dir = self.root.join(format!("node{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
+        let port = node_port();
         let mut conf = format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n");
         let mut advanced = "[].\n".to_string();
         let mut tls_port = None;
         if let Listen::Tls(certs) = listen {
-            let p = free_port();
+            let p = node_port();
             tls_port = Some(p);
             conf.push_str(&format!("listeners.ssl.1 = 127.0.0.1:{p}\n"));
             advanced = format!(
@@ -386,7 +395,7 @@ impl Nodes {
             name,
             port,
             tls_port,
-            dist_port: free_port(),
+            dist_port: node_port(),
             dir,
             home: self.root.join("home"),
             child: None,
