@@ -511,9 +511,19 @@ impl Config {
                 "/healthz",
                 "/readyz",
                 "/metrics",
+                "/tablet.js",
+                "/tablet.css",
+                "/sw.js",
+                "/manifest.webmanifest",
+                "/icon-192.png",
+                "/icon-512.png",
+                "/admin",
+                "/admin.js",
+                "/admin.css",
             ]
             .contains(&path)
                 || path.starts_with("/api/")
+                || path.starts_with("/tablet/")
         };
         if taken(&self.webhook.path) {
             return bad("webhook.path", "is one of bizcall's own paths");
@@ -880,6 +890,25 @@ mod tests {
             listed, expected,
             "deploy/debian/bizcall.toml must show every configuration key, commented, with its default"
         );
+    }
+
+    #[test]
+    fn the_pages_own_paths_are_taken() {
+        for path in [
+            "/tablet/main.js",
+            "/tablet.js",
+            "/admin",
+            "/sw.js",
+            "/api/x",
+        ] {
+            let mut c = Config::default();
+            c.stomp.path = path.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("stomp.path: is one of bizcall's own paths"),
+                "{path}: {err}"
+            );
+        }
     }
 
     #[test]
