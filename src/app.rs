@@ -31,10 +31,3 @@ pub struct App {
     /// The CDR use case: store, publish, mark, trail.
     pub intake: crate::intake::Intake,
 }
-
-impl App {
-    /// How client addresses are grouped for per-address caps.
-    pub fn address_group(&self) -> crate::address::AddressGroup {
-        crate::address::AddressGroup::new(self.config.server.ipv6_prefix)
-    }
-}

@@ -63,6 +63,13 @@ pub struct ServerConfig {
     pub ipv6_prefix: u8,
 }
 
+impl ServerConfig {
+    /// How client addresses are grouped for every per-address cap.
+    pub fn address_group(&self) -> crate::address::AddressGroup {
+        crate::address::AddressGroup::new(self.ipv6_prefix)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

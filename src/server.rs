@@ -153,10 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let follows = Arc::downgrade(&bus);
     hub.on_interest(move |change| {
         if let Some(bus) = follows.upgrade() {
-            bus.interest(match change {
-                crate::hub::Interest::Follow(s) => crate::bus::Interest::Follow(s),
-                crate::hub::Interest::Unfollow(s) => crate::bus::Interest::Unfollow(s),
-            });
+            bus.interest(change);
         }
     });
     let app = App {
@@ -168,7 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         logins: Arc::new(LoginGuard::grouped(
             config.server.auth_fail_limit,
             config.server.auth_fail_window,
-            crate::address::AddressGroup::new(config.server.ipv6_prefix),
+            config.server.address_group(),
         )),
         metrics,
         shutdown: shutdown.clone(),
@@ -184,7 +181,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // The SockJS HTTP-transport sessions of tablets on this instance (a
     // stopping instance waits for them).
     let sockjs = Arc::new(crate::sockjs::session::Registry::new(
-        crate::address::AddressGroup::new(config.server.ipv6_prefix),
+        config.server.address_group(),
     ));
     let served_sessions = sockjs.clone();
 

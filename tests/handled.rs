@@ -180,6 +180,21 @@ async fn a_taken_call_closes_on_the_other_instance_and_never_reaches_legacy_tabl
     db.cleanup().await;
 }
 
+/// A token-less Spring-era page on `origin`, subscribed (`ack:client`)
+/// to store solo's legacy destination.
+async fn legacy_pad(ws: &str, origin: &str) -> Client {
+    let mut pad = Client::open_with(ws, &[("Origin", origin)]).await;
+    pad.send_raw("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    pad.expect("CONNECTED").await;
+    pad.send_raw(
+        "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/solo\nack:client\nreceipt:r\n\n\0",
+    )
+    .await;
+    pad.expect("RECEIPT").await;
+    pad
+}
+
 /// A token-less Spring page (`compat.anonymous`) is read-only: its ACK of
 /// a legacy popup does not mark the call acknowledged and tells the store's
 /// other tablets nothing (a stranger on an allowed origin must not be able
@@ -200,15 +215,7 @@ async fn an_anonymous_legacy_ack_changes_nothing() {
         .await
         .unwrap();
     let mut desk = tablet(&ctx.ws(), &token, &[("calls", "/topic/call-store/solo")]).await;
-    let mut pad = Client::open_with(&ctx.ws(), &[("Origin", PAD)]).await;
-    pad.send_raw("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
-        .await;
-    pad.expect("CONNECTED").await;
-    pad.send_raw(
-        "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/solo\nack:client\nreceipt:r\n\n\0",
-    )
-    .await;
-    pad.expect("RECEIPT").await;
+    let mut pad = legacy_pad(&ctx.ws(), PAD).await;
     let fields = [
         ("seq", "an1"),
         ("sdt", "20261122101500"),
@@ -230,15 +237,7 @@ async fn an_anonymous_legacy_ack_changes_nothing() {
     let calls = common::get_json(&format!("{}/api/stores/solo/calls", ctx.base()), &token).await;
     assert_eq!(calls[0]["callId"], "an1", "{calls}");
     assert_eq!(calls[0]["acknowledged"], false, "{calls}");
-    let mut pad = Client::open_with(&ctx.ws(), &[("Origin", PAD)]).await;
-    pad.send_raw("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
-        .await;
-    pad.expect("CONNECTED").await;
-    pad.send_raw(
-        "SUBSCRIBE\nid:0\ndestination:/ws/v1/topic/call-store/solo\nack:client\nreceipt:r\n\n\0",
-    )
-    .await;
-    pad.expect("RECEIPT").await;
+    let mut pad = legacy_pad(&ctx.ws(), PAD).await;
     // The desk's next message is the next call: no handled event came.
     let fields = [
         ("seq", "an2"),

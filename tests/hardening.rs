@@ -227,14 +227,7 @@ async fn tablet_page_names_a_configured_stomp_path() {
     let server = Instance::spawn(dir.path(), &[("BIZCALL_STOMP__PATH", "/custom-ws")]);
     let base = server.base();
     let http = common::http();
-    let html = http
-        .get(format!("{base}/tablet"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = common::get_text(&format!("{base}/tablet")).await;
     assert!(
         html.contains(r#"<meta name="bizcall-stomp-path" content="/custom-ws">"#),
         "{html}"

@@ -314,16 +314,23 @@ async fn connected_tablets_are_capped_per_token_and_per_address() {
         c.connect(&token).await;
         held.push(c);
     }
-    let mut third = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
-    third
-        .send_raw(&format!(
-            "CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{token}\n\n\0"
-        ))
-        .await;
-    let e = third.expect("ERROR").await;
+    // A CONNECT the server answers with ERROR: that frame and the close code.
+    let refused = |token: String| {
+        let url = ctx.ws();
+        async move {
+            let mut c = Client::open(&url, Some("v12.stomp"), None).await;
+            c.send_raw(&format!(
+                "CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{token}\n\n\0"
+            ))
+            .await;
+            let e = c.expect("ERROR").await;
+            (e, c.close_code().await)
+        }
+    };
+    let (e, code) = refused(token.clone()).await;
     assert_eq!(e.get("message"), Some("too many connections"));
     assert!(e.body.contains("per token"), "{e:?}");
-    assert_eq!(third.close_code().await, Some(1008));
+    assert_eq!(code, Some(1008));
     // Another token of the store connects: the address holds 3 now.
     let other = ctx
         .server
@@ -336,13 +343,7 @@ async fn connected_tablets_are_capped_per_token_and_per_address() {
     let mut c = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
     c.connect(&other).await;
     held.push(c);
-    let mut fourth = Client::open(&ctx.ws(), Some("v12.stomp"), None).await;
-    fourth
-        .send_raw(&format!(
-            "CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{other}\n\n\0"
-        ))
-        .await;
-    let e = fourth.expect("ERROR").await;
+    let (e, _) = refused(other.clone()).await;
     assert_eq!(e.get("message"), Some("too many connections"));
     assert!(e.body.contains("per address"), "{e:?}");
     // One leaves: its share comes back.

@@ -86,15 +86,9 @@ pub trait EventHandler: Send + Sync + 'static {
     async fn replay(&self, _stores: &[String]) {}
 }
 
-/// Whether this instance holds a tablet of a store (store-routed delivery
-/// binds and unbinds on these).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Interest {
-    /// The first tablet of the store here.
-    Follow(String),
-    /// The last tablet of the store here left.
-    Unfollow(String),
-}
+/// A store's first tablet came to this instance, or its last one left
+/// (store-routed delivery binds and unbinds on these); the hub's type.
+pub use crate::hub::Interest;
 
 /// Publishes call events to every instance, and delivers every instance's
 /// events to this one's handler.

@@ -22,7 +22,9 @@ pub use tablet::{
 /// A store gained its first tablet here, or lost its last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
+    /// The first tablet of the store here.
     Follow(String),
+    /// The last tablet of the store here left.
     Unfollow(String),
 }
 
@@ -211,7 +213,7 @@ impl Hub {
         let Some(client) = client else {
             return Ok(None);
         };
-        let group = crate::address::AddressGroup::new(self.config.server.ipv6_prefix).of(client);
+        let group = self.config.server.address_group().of(client);
         let cap = self.config.stomp.max_connections_per_address;
         let mut counts = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(group).or_insert(0);

@@ -415,20 +415,7 @@ mod tests {
     use crate::call::CallStatus;
 
     fn tablet(capacity: usize) -> Tablet {
-        Tablet {
-            id: 1,
-            store: "s".into(),
-            token_id: "t".into(),
-            anonymous: false,
-            address: None,
-            joined: Mutex::new(Vec::new()),
-            subscriptions: Mutex::new(Subscriptions::default()),
-            acks: Mutex::new(AckBook::default()),
-            outbound: Mutex::new(Outbound::default()),
-            wake: Notify::new(),
-            capacity,
-            took: Mutex::new(None),
-        }
+        Tablet::new(1, "s", "t", false, None, capacity)
     }
 
     fn event(id: &str, status: CallStatus) -> Arc<Prepared> {

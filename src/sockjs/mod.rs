@@ -104,11 +104,10 @@ fn mount(
     streaming_limit: usize,
     sessions: Option<Arc<Registry>>,
 ) -> Router {
-    // Tablets' sessions are the instance's, which waits for them on stop.
-    let sessions = match service {
-        Service::Stomp => sessions.unwrap_or_else(|| Arc::new(Registry::new(app.address_group()))),
-        _ => Arc::new(Registry::new(app.address_group())),
-    };
+    // Tablets' sessions are the instance's (passed in: it waits for them
+    // on stop); the test services keep their own.
+    let sessions =
+        sessions.unwrap_or_else(|| Arc::new(Registry::new(app.config.server.address_group())));
     let state = SockJs {
         app,
         sessions,
