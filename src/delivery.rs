@@ -18,8 +18,9 @@ use crate::bus::{Bus, EventHandler, HandleError, Handled};
 use crate::call::{BusEvent, CallEvent, HandledEvent};
 use crate::config::Config;
 use crate::db::{Db, DbError, TokenInfo};
-use crate::hub::{Hub, Prepared};
+use crate::hub::Hub;
 use crate::metrics as m;
+use crate::prepared::Prepared;
 use crate::trail::Trail;
 
 /// The newest event seen per call: later duplicates (the same status and

@@ -14,7 +14,12 @@
 //! - [`bus`]: the `Bus` contract, an in-process bus and RabbitMQ.
 //! - [`delivery`]: the bus's event handler: dedupe, expiry, ACK waiters,
 //!   catch-up after a bus gap, and the ACK use case.
-//! - [`hub`]: the tablets connected to this instance, by store.
+//! - [`hub`]: the tablets connected to this instance, by store, and each
+//!   tablet's bounded outgoing queue.
+//! - [`prepared`]: an event as tablets receive it, serialised once.
+//! - [`subscription`]: a tablet's STOMP subscriptions and unacknowledged
+//!   messages.
+//! - [`presence_book`]: tablets here per (store, token), changes to write.
 //! - [`presence`]: tablets online across the cluster, heart-beaten per instance.
 //! - [`trail`]: each call's delivery trail, one batched row per instance.
 //! - [`stomp`]: the STOMP codec, one tablet's session, and the connection
@@ -44,13 +49,16 @@ pub mod hub;
 pub mod intake;
 pub mod log_budget;
 pub mod metrics;
+pub mod prepared;
 pub mod presence;
+pub mod presence_book;
 pub mod server;
 pub mod simulate;
 pub mod slug;
 pub mod sockjs;
 pub mod stomp;
 pub mod store_import;
+pub mod subscription;
 pub mod text;
 pub mod token;
 pub mod trail;

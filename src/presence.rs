@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::{now_millis, InstanceRow};
 use crate::hub::Hub;
-use crate::hub::PresenceKey;
+use crate::presence_book::PresenceKey;
 use tokio_util::sync::CancellationToken;
 
 /// How often an instance writes its heart-beat when nothing changes.
@@ -78,7 +78,7 @@ pub async fn run(
     let mut last_seen = Instant::now();
     let mut forgot = Instant::now();
     loop {
-        let changes = hub.presence_changes();
+        let changes = hub.presence().changes();
         let due = last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT);
         if !changes.is_empty() || due {
             let (set, gone): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(_, n)| *n > 0);
@@ -92,7 +92,7 @@ pub async fn run(
                 .map(|k| k.token_id.clone())
                 .collect();
             if last_seen.elapsed() >= SEEN_EVERY {
-                seen.extend(hub.presence_tokens());
+                seen.extend(hub.presence().tokens());
                 last_seen = Instant::now();
             }
             seen.remove("");
@@ -108,7 +108,8 @@ pub async fn run(
                 Ok(()) => last_beat = Some(Instant::now()),
                 Err(e) => {
                     tracing::warn!(error = %e, "presence heart-beat failed; will retry");
-                    hub.presence_unwritten(set.into_iter().map(|(k, _)| k).chain(gone));
+                    hub.presence()
+                        .unwritten(set.into_iter().map(|(k, _)| k).chain(gone));
                 }
             }
         }

@@ -528,7 +528,8 @@ async fn revocation(app: App) {
         }
         let connected: Vec<String> = app
             .hub
-            .presence_tokens()
+            .presence()
+            .tokens()
             .iter()
             .map(|t| t.to_string())
             .collect();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 
 use super::*;
-use crate::hub::PresenceKey;
+use crate::presence_book::PresenceKey;
 
 /// A running (or recently running) instance, as the presence table has it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;
 use crate::metrics as m;
+use crate::presence_book::PresenceBook;
 
-pub use tablet::{
-    AckBook, AckKind, Crowded, Kick, Outbound, Prepared, Subscription, Subscriptions, Tablet,
-};
+pub use tablet::{Crowded, Kick, Outbound, Tablet};
 
 /// A store gained its first tablet here, or lost its last.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,21 +27,6 @@ pub enum Interest {
     Unfollow(String),
 }
 
-/// Tablets connected to one instance under one store and token (`""` for
-/// anonymous tablets): the key of the presence counts and their rows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PresenceKey {
-    pub store: Arc<str>,
-    pub token_id: Arc<str>,
-}
-
-/// See [`Hub::presence_changes`].
-#[derive(Debug, Default)]
-struct PresenceCounts {
-    counts: HashMap<PresenceKey, i64>,
-    dirty: HashSet<PresenceKey>,
-}
-
 /// Store (one allocation per store, shared with its tablets' lists) →
 /// tablet id → tablet.
 type TabletsByStore = HashMap<Arc<str>, HashMap<u64, Arc<Tablet>>>;
@@ -51,9 +35,8 @@ pub struct Hub {
     config: Arc<Config>,
     /// Store → tablets following its calls here.
     tablets: RwLock<TabletsByStore>,
-    /// Tablets here per (store, token), kept as they join and leave, and
-    /// which of those counts changed since the presence task last wrote.
-    presence: Mutex<PresenceCounts>,
+    /// Tablets here per (store, token), kept as they join and leave.
+    presence: PresenceBook,
     /// Connected tablets: with a token, and anonymous.
     with_token: AtomicU64,
     anonymous: AtomicU64,
@@ -71,7 +54,7 @@ impl Hub {
         Hub {
             config,
             tablets: RwLock::new(HashMap::new()),
-            presence: Mutex::new(PresenceCounts::default()),
+            presence: PresenceBook::default(),
             with_token: AtomicU64::new(0),
             anonymous: AtomicU64::new(0),
             per_address: Mutex::new(HashMap::new()),
@@ -93,53 +76,9 @@ impl Hub {
         }
     }
 
-    /// The (store, token) counts changed since the last call, each with
-    /// its count now (0: none left); anonymous tablets count under the
-    /// token `""`, once per store they follow. What a failed write did
-    /// not store goes back with [`Hub::presence_unwritten`].
-    pub fn presence_changes(&self) -> Vec<(PresenceKey, i64)> {
-        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        let dirty = std::mem::take(&mut p.dirty);
-        dirty
-            .into_iter()
-            .map(|k| {
-                let n = p.counts.get(&k).copied().unwrap_or(0);
-                (k, n)
-            })
-            .collect()
-    }
-
-    /// Marks counts that [`Hub::presence_changes`] returned as still to
-    /// be written.
-    pub fn presence_unwritten(&self, keys: impl IntoIterator<Item = PresenceKey>) {
-        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        p.dirty.extend(keys);
-    }
-
-    /// Token ids of the tablets connected here (without `""`), each once.
-    pub fn presence_tokens(&self) -> Vec<Arc<str>> {
-        let p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        let tokens: HashSet<&Arc<str>> = p
-            .counts
-            .keys()
-            .map(|k| &k.token_id)
-            .filter(|t| !t.is_empty())
-            .collect();
-        tokens.into_iter().cloned().collect()
-    }
-
-    fn presence_add(&self, store: &Arc<str>, token_id: &Arc<str>, by: i64) {
-        let key = PresenceKey {
-            store: store.clone(),
-            token_id: token_id.clone(),
-        };
-        let mut p = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        let n = p.counts.entry(key.clone()).or_insert(0);
-        *n += by;
-        if *n <= 0 {
-            p.counts.remove(&key);
-        }
-        p.dirty.insert(key);
+    /// The presence counts of the tablets here, for the presence task.
+    pub fn presence(&self) -> &PresenceBook {
+        &self.presence
     }
 
     pub fn config(&self) -> &Config {
@@ -262,7 +201,7 @@ impl Hub {
             if tablets.len() == 1 {
                 self.tell_bus(Interest::Follow(store.to_string()));
             }
-            self.presence_add(&key, &tablet.token_id, 1);
+            self.presence.add(&key, &tablet.token_id, 1);
         }
         self.gauge(all);
     }
@@ -273,7 +212,7 @@ impl Hub {
         for name in &joined {
             if let Some(store) = all.get_mut(name) {
                 if store.remove(&tablet.id).is_some() {
-                    self.presence_add(name, &tablet.token_id, -1);
+                    self.presence.add(name, &tablet.token_id, -1);
                 }
                 if store.is_empty() {
                     all.remove(name);

@@ -13,8 +13,10 @@ use super::frame::{Command, Frame, Item, Version};
 use crate::auth::{bearer_token, Surface};
 use crate::call::EventKind;
 use crate::delivery::Delivery;
-use crate::hub::{AckKind, Hub, Prepared, Subscription, Tablet};
+use crate::hub::{Hub, Tablet};
 use crate::metrics as m;
+use crate::prepared::Prepared;
+use crate::subscription::{AckKind, Subscription};
 
 /// Popups with less time than this left are not sent: by the time they
 /// reach the tablet they would be past `expiresAt`.
