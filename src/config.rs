@@ -97,6 +97,11 @@ pub struct DatabaseConfig {
     /// At most this many connections in the instance's PostgreSQL pool
     /// (two background writers have one each besides). SQLite ignores it.
     pub pool_size: u32,
+    /// The longest a CDR waits for the database (a connection and the
+    /// write) before the webhook answers `503` with `Retry-After`; also
+    /// the bound of `/readyz`'s database check.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -105,6 +110,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://bizcall.db".into(),
             retention_days: 90,
             pool_size: PG_POOL_SIZE,
+            timeout: Duration::from_secs(3),
         }
     }
 }
@@ -159,6 +165,11 @@ pub struct BusConfig {
     /// How long a call event may still become a popup after it is published.
     #[serde(with = "duration_str")]
     pub message_ttl: Duration,
+    /// With RabbitMQ, how often each instance reads the database for call
+    /// changes the bus did not bring (docs/reliability.md); 0 turns the
+    /// relay off.
+    #[serde(with = "duration_str")]
+    pub relay_interval: Duration,
 }
 
 impl BusConfig {
@@ -181,6 +192,7 @@ impl Default for BusConfig {
         Self {
             kind: BusKind::Local,
             message_ttl: Duration::from_secs(30),
+            relay_interval: Duration::from_millis(500),
         }
     }
 }
@@ -255,6 +267,14 @@ pub struct AmqpConfig {
     /// How long a store stays bound after its last tablet here left.
     #[serde(with = "duration_str")]
     pub unbind_grace: Duration,
+    /// The AMQP heart-beat asked of the broker: the last resort against a
+    /// silent link (the canary finds one sooner).
+    #[serde(with = "duration_str")]
+    pub heartbeat: Duration,
+    /// A link whose canary has not come back, or whose publish has not
+    /// been confirmed, for this long is declared dead and replaced.
+    #[serde(with = "duration_str")]
+    pub link_timeout: Duration,
     pub tls: AmqpTlsConfig,
 }
 
@@ -328,6 +348,8 @@ impl Default for AmqpConfig {
             routing: Routing::Fanout,
             routed_exchange: String::new(),
             unbind_grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            link_timeout: Duration::from_secs(3),
             tls: AmqpTlsConfig::default(),
         }
     }
@@ -631,6 +653,15 @@ impl Config {
                 "amqp.retry_max_attempts",
                 "must be at least 1 (it counts attempts, the first included)",
             );
+        }
+        if self.amqp.heartbeat.as_secs() > u64::from(u16::MAX) {
+            return bad("amqp.heartbeat", "must be at most 65535 seconds (0: none)");
+        }
+        if self.amqp.link_timeout < Duration::from_millis(500) {
+            return bad("amqp.link_timeout", "must be at least 500ms");
+        }
+        if self.database.timeout < Duration::from_millis(100) {
+            return bad("database.timeout", "must be at least 100ms");
         }
         if self.amqp.unbind_grace > MAX_TTL {
             return bad("amqp.unbind_grace", "must be at most a day (\"24h\")");

@@ -230,6 +230,18 @@ impl Delivery {
     }
 
     /// A stream of every event this instance receives from the bus.
+    /// Whether `event` (or a newer state of its call) was handled here
+    /// already: the relay skips it then.
+    pub fn has_seen(&self, event: &CallEvent) -> bool {
+        let guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        guard.calls.get(&event.call_id).is_some_and(|s| {
+            event.status.rank() < s.rank
+                || (s.status == event.status
+                    && s.answered_at == event.answered_at
+                    && s.ended_at == event.ended_at)
+        })
+    }
+
     pub fn watch(&self) -> broadcast::Receiver<CallEvent> {
         self.watchers.subscribe()
     }

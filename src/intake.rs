@@ -3,6 +3,9 @@
 //! outcome into an HTTP answer; tests and tools call it directly.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
 
 use crate::bus::SharedBus;
 use crate::call::{mask_number, BusEvent};
@@ -39,7 +42,16 @@ pub struct Intake {
     pub marks: PublishMarks,
     /// This instance's part of calls' delivery trails.
     pub trail: Arc<crate::trail::Trail>,
+    /// The server's background jobs: a publish that outlives the answer
+    /// runs on to its end there, and a stopping instance waits for it.
+    pub tasks: TaskTracker,
 }
+
+/// The longest a CDR's answer waits for the broker's confirm. The answer's
+/// `OK` means "stored" (the database holds the change and the relay can
+/// carry it): a broker that is slow or silent must not hold the provider's
+/// webhook, so past this the publish goes on in the background.
+const PUBLISH_WAIT: Duration = Duration::from_millis(300);
 
 /// The upsert, tried again on another connection while the one it got
 /// turns out to be dead (after the database went away and came back, every
@@ -60,7 +72,15 @@ async fn store(app: &Intake, cdr: &Cdr) -> Result<Upsert, DbError> {
 
 /// Stores `cdr` and publishes what changed.
 pub async fn accept(app: &Intake, cdr: &Cdr) -> Outcome {
-    let row = match store(app, cdr).await {
+    let limit = app.config.database.timeout;
+    let stored = match tokio::time::timeout(limit, store(app, cdr)).await {
+        Ok(stored) => stored,
+        Err(_) => {
+            m::database_timeout();
+            Err(DbError::Timeout(limit))
+        }
+    };
+    let row = match stored {
         Ok(Upsert::Changed(row)) => row,
         Ok(Upsert::Unchanged) => {
             republish_if_unpublished(app, cdr).await;
@@ -121,8 +141,21 @@ async fn republish_if_unpublished(app: &Intake, cdr: &Cdr) {
     }
 }
 
-/// Publishes a stored change and records that it reached the bus.
+/// Publishes a stored change, waiting for it at most `PUBLISH_WAIT`.
 async fn publish(app: &Intake, row: &CallRow) {
+    let task = {
+        let (app, row) = (app.clone(), row.clone());
+        app.tasks
+            .clone()
+            .spawn(async move { publish_now(&app, &row).await })
+    };
+    if tokio::time::timeout(PUBLISH_WAIT, task).await.is_err() {
+        tracing::debug!(seq = %row.seq, "broker slow to confirm: answering while the publish goes on");
+    }
+}
+
+/// Publishes a stored change and records that it reached the bus.
+async fn publish_now(app: &Intake, row: &CallRow) {
     let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
     match app.bus.publish(&BusEvent::Call(event)).await {
         Ok(()) => {

@@ -21,6 +21,7 @@
 //!   messages.
 //! - [`presence_book`]: tablets here per (store, token), changes to write.
 //! - [`presence`]: tablets online across the cluster, heart-beaten per instance.
+//! - [`relay`]: carries call changes from the database while the bus cannot.
 //! - [`trail`]: each call's delivery trail, one batched row per instance.
 //! - [`stomp`]: the STOMP codec, one tablet's session, and the connection
 //!   loop that runs it over any transport.
@@ -52,6 +53,7 @@ pub mod metrics;
 pub mod prepared;
 pub mod presence;
 pub mod presence_book;
+pub mod relay;
 pub mod server;
 pub mod simulate;
 pub mod slug;

@@ -77,6 +77,18 @@ fn describe() {
         "events expired before delivery"
     );
     describe_counter!("bizcall_bus_reconnects_total", "broker reconnections");
+    describe_counter!(
+        "bizcall_bus_link_silent_total",
+        "broker links found silent and replaced, by cause (canary, confirm)"
+    );
+    describe_counter!(
+        "bizcall_relayed_total",
+        "call changes carried from the database because the bus had not brought them"
+    );
+    describe_counter!(
+        "bizcall_database_timeouts_total",
+        "CDRs answered 503 because the database did not answer within database.timeout"
+    );
     describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
     describe_gauge!(
         "bizcall_bus_node",
@@ -216,8 +228,13 @@ fn register() {
         "bizcall_catch_up_cut_total",
         "bizcall_connections_timed_out_total",
         "bizcall_panics_total",
+        "bizcall_relayed_total",
+        "bizcall_database_timeouts_total",
     ] {
         counter!(name).increment(0);
+    }
+    for cause in ["canary", "confirm"] {
+        counter!("bizcall_bus_link_silent_total", "cause" => cause).increment(0);
     }
     for op in ["bind", "unbind"] {
         counter!("bizcall_bus_bindings_total", "op" => op).increment(0);
@@ -262,6 +279,19 @@ pub fn retried() {
 }
 pub fn expired_before_delivery() {
     counter!("bizcall_events_expired_total").increment(1);
+}
+/// A broker link found silent and replaced: `cause` is `canary` (no
+/// canary came back) or `confirm` (a publish went unconfirmed).
+pub fn link_silent(cause: &'static str) {
+    counter!("bizcall_bus_link_silent_total", "cause" => cause).increment(1);
+}
+/// A call change the relay carried from the database because the bus had
+/// not brought it.
+pub fn relayed(n: u64) {
+    counter!("bizcall_relayed_total").increment(n);
+}
+pub fn database_timeout() {
+    counter!("bizcall_database_timeouts_total").increment(1);
 }
 pub fn reconnected() {
     counter!("bizcall_bus_reconnects_total").increment(1);

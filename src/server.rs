@@ -176,6 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             bus: bus.clone(),
             marks: PublishMarks::start(db.clone()),
             trail: trail.clone(),
+            tasks: jobs.clone(),
         },
     };
     // The SockJS HTTP-transport sessions of tablets on this instance (a
@@ -221,6 +222,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         app.identity.clone(),
         shutdown.clone(),
     ));
+    // Several instances: the database carries what the bus does not.
+    if config.bus.kind == BusKind::Amqp {
+        jobs.spawn(crate::relay::run(
+            crate::relay::Parts {
+                config: config.clone(),
+                db: db.clone(),
+                hub: app.hub.clone(),
+                delivery: app.delivery.clone(),
+                bus: bus.clone(),
+            },
+            shutdown.clone(),
+        ));
+    }
     // On stop, every tablet is told to reconnect (to another instance).
     let closing = app.clone();
     jobs.spawn(async move {

@@ -101,6 +101,13 @@ pub trait Bus: Send + Sync + 'static {
 
     fn state(&self) -> BusState;
 
+    /// Whether this instance may be missing events right now: its link is
+    /// down, or its canary is late. The relay then reads every change from
+    /// the database, not only those nobody handed to the bus.
+    fn doubtful(&self) -> bool {
+        false
+    }
+
     /// The broker node the link is on now (`amqp://host:port`), if any.
     fn node(&self) -> Option<String> {
         None

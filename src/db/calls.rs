@@ -240,12 +240,42 @@ impl Db {
         before: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<CallRow>> {
+        self.changes(stores, since, before, limit, false).await
+    }
+
+    /// The newest `limit` changes made at or after `since` to calls of
+    /// `stores` that were never handed to the bus (the relay's read while
+    /// the bus is well).
+    pub async fn calls_unpublished_since(
+        &self,
+        stores: &[String],
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<CallRow>> {
+        self.changes(stores, since, None, limit, true).await
+    }
+
+    async fn changes(
+        &self,
+        stores: &[String],
+        since: DateTime<Utc>,
+        before: Option<(i64, &str)>,
+        limit: u32,
+        unpublished: bool,
+    ) -> Result<Vec<CallRow>> {
         if stores.is_empty() {
             return Ok(Vec::new());
         }
         let (before_at, before_seq) = before.unwrap_or((i64::MAX, ""));
-        let page = "AND (updated_at < $2 OR (updated_at = $2 AND seq < $3)) \
-             ORDER BY updated_at DESC, seq DESC LIMIT $4";
+        let pending = if unpublished {
+            "AND event_pending = 1"
+        } else {
+            ""
+        };
+        let page = format!(
+            "{pending} AND (updated_at < $2 OR (updated_at = $2 AND seq < $3)) \
+             ORDER BY updated_at DESC, seq DESC LIMIT $4"
+        );
         Ok(match self {
             Db::Sqlite(pool) => {
                 let sql = format!(

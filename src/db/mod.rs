@@ -80,6 +80,10 @@ pub enum DbError {
     /// The database could not be opened at all.
     #[error("database: {0}")]
     Open(#[from] OpenError),
+    /// No answer within `database.timeout`: stalled, or unreachable
+    /// without a reset.
+    #[error("database: no answer within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
 }
 
 impl DbError {

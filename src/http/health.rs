@@ -15,7 +15,10 @@ pub async fn healthz() -> &'static str {
 /// 200 when this instance can take CDRs (the database answers). A broker
 /// that is down does not make the instance unready: CDRs are still stored.
 pub async fn readyz(State(app): State<App>) -> Response {
-    let db_up = app.db.ping().await;
+    // Bounded: a database that stops answering must not hold the probe.
+    let db_up = tokio::time::timeout(app.config.database.timeout, app.db.ping())
+        .await
+        .unwrap_or(false);
     let body = serde_json::json!({
         "database": if db_up { "up" } else { "down" },
         "bus": app.bus.state().as_str(),

@@ -18,6 +18,9 @@ use crate::token;
 
 pub use super::body::MAX_BODY;
 
+/// What a `503` asks the provider to wait before its retry, in seconds.
+const RETRY_AFTER_SECS: u32 = 5;
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (
         status,
@@ -150,7 +153,12 @@ async fn ingest(app: &App, cdr: &Cdr) -> Response {
         }
         Outcome::Unavailable(_) => {
             m::cdr_received("unavailable");
-            text(StatusCode::SERVICE_UNAVAILABLE, "unavailable: database")
+            let mut answer = text(StatusCode::SERVICE_UNAVAILABLE, "unavailable: database");
+            // Nothing was stored: the provider's retry will store it.
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+            answer
         }
     }
 }

@@ -3,6 +3,8 @@
 //! sockets, and `bizcall` processes.
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod fault;
 pub mod fleet;
 pub mod nginx;
 pub mod rabbit;

@@ -38,8 +38,15 @@ impl Inner {
     }
 
     pub(super) async fn on_delivery(self: &Arc<Self>, delivery: lapin::message::Delivery) {
-        m::consumed();
         let acks = self.config.ack_mode != AckMode::None;
+        if is_canary(&delivery) {
+            self.canary_came();
+            if acks {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            return;
+        }
+        m::consumed();
         let acker = delivery.acker.clone();
         let sent_us = published_us(&delivery);
         let mut event = match BusEvent::from_json(&delivery.data, self.ttl) {
@@ -137,14 +144,21 @@ impl Inner {
     }
 
     /// Acknowledges a handled delivery as the ack mode says.
-    pub(super) async fn settle(&self, acker: lapin::Acker, handled: Handled, event: &CallEvent) {
+    pub(super) async fn settle(
+        self: &Arc<Self>,
+        acker: lapin::Acker,
+        handled: Handled,
+        event: &CallEvent,
+    ) {
         match (self.config.ack_mode, handled) {
             (AckMode::None, _) => {}
             (AckMode::Manual, Handled::AwaitingAck(acked)) => {
                 // Held until a tablet acknowledges the popup, or it expires.
                 let left = event.time_left(Utc::now());
                 let stop = self.stop.clone();
+                let held = Held::count(self);
                 tokio::spawn(async move {
+                    let _held = held;
                     tokio::select! {
                         Ok(()) = acked => {
                             if acker.ack(BasicAckOptions::default()).await.is_ok() {

@@ -197,6 +197,10 @@ pub(super) async fn open_node_once(
         broker: broker.clone(),
         detail: e.to_string(),
     })?;
+    let mut uri = uri;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(config.heartbeat.as_secs().min(u64::from(u16::MAX)) as u16);
+    }
     let props = ConnectionProperties::default()
         .with_connection_name(format!("bizcall {}", env!("CARGO_PKG_VERSION")).into());
     let connect = {
@@ -352,6 +356,7 @@ pub(super) async fn connect(inner: &Inner, node: &str) -> Result<Link, LinkError
         binds,
         queue,
         node: broker_address(node),
+        dead: tokio::sync::Notify::new(),
     })
 }
 
@@ -372,7 +377,19 @@ impl Inner {
             if self.stop.is_cancelled() {
                 break;
             }
-            match connect(self, node).await {
+            // Every step after the handshake is bounded too: a broker that
+            // accepts and then falls silent must not hold the loop.
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(self, node));
+            let result = attempt.await.unwrap_or_else(|_| {
+                Err(LinkError::Unreachable {
+                    broker: broker_address(node),
+                    detail: format!(
+                        "no answer while declaring within {}s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                })
+            });
+            match result {
                 Ok(link) => {
                     self.cursor.store((index + 1) % n, Ordering::SeqCst);
                     return Ok(link);

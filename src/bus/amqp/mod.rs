@@ -33,6 +33,7 @@ mod link;
 mod publish;
 pub mod tls;
 mod topology;
+mod watchdog;
 
 use crate::bus::{Bus, BusError, BusState, EventHandler, Handled, Interest};
 use crate::call::{BusEvent, CallEvent, HandledEvent};
@@ -45,6 +46,7 @@ use publish::*;
 pub use publish::{message_properties, publish_time_header};
 use tls::Tls;
 use topology::*;
+use watchdog::*;
 
 /// How long a publish waits for the broker's confirm before it counts as
 /// failed (the event then waits in the outbox).
@@ -70,6 +72,9 @@ struct Link {
     queue: String,
     /// The node's address, without credentials (`amqp://host:port`).
     node: String,
+    /// Woken when a publish on this link goes unconfirmed for
+    /// `amqp.link_timeout`: the watchdog then replaces the link.
+    dead: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -95,6 +100,12 @@ struct Inner {
     /// Store-routed delivery: which stores are wanted and bound.
     bindings: tokio::sync::Mutex<Bindings>,
     stop: CancellationToken,
+    /// When this instance's newest canary came back through its queue
+    /// (or its link came up).
+    canary_seen: Mutex<std::time::Instant>,
+    /// Deliveries held for a tablet's ACK (`ack_mode = "manual"`): while
+    /// they fill the prefetch window no canary can arrive.
+    held: AtomicUsize,
 }
 
 pub struct AmqpBus {
@@ -134,6 +145,8 @@ impl AmqpBus {
             },
             bindings: tokio::sync::Mutex::new(Bindings::default()),
             stop: CancellationToken::new(),
+            canary_seen: Mutex::new(std::time::Instant::now()),
+            held: AtomicUsize::new(0),
         });
         m::bus_connected(false);
         for node in &inner.nodes {
@@ -173,24 +186,10 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
     loop {
         let link = match next.take() {
             Some(link) => link,
-            None => {
-                let delay = backoff(failures);
-                failures = failures.saturating_add(1);
-                tokio::select! {
-                    _ = inner.stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                match inner.connect_any(failures == 1).await {
-                    Ok(link) => link,
-                    Err(e) => {
-                        // Say it once per outage, then quietly keep trying.
-                        if failures == 1 || failures.is_multiple_of(20) {
-                            tracing::error!("{e}");
-                        }
-                        continue;
-                    }
-                }
-            }
+            None => match reconnect(&inner, &mut failures).await {
+                Some(link) => link,
+                None => return,
+            },
         };
         failures = 0;
         let link = Arc::new(link);
@@ -207,6 +206,7 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
             Ok(bound) => {
                 *inner.link.write().await = Some(link.clone());
                 *inner.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.node.clone());
+                inner.canary_came();
                 inner.connected.store(true, Ordering::SeqCst);
                 m::bus_connected(true);
                 m::bus_node(&link.node, true);
@@ -217,7 +217,10 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
                     // Tablets came while the broker was away at start.
                     inner.handler.replay(&bound).await;
                 }
-                inner.consume(&link).await
+                tokio::select! {
+                    why = inner.consume(&link) => why,
+                    why = inner.watch(&link) => why,
+                }
             }
         };
         inner.unbind_all().await;
@@ -231,11 +234,63 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
                 .consume
                 .basic_cancel("bizcall".into(), BasicCancelOptions::default())
                 .await;
-            let _ = link.conn.close(200, "bizcall stopping".into()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                link.conn.close(200, "bizcall stopping".into()),
+            )
+            .await;
             return;
         }
         tracing::warn!(reason = %reason, broker = %link.node, "RabbitMQ link lost; reconnecting to the next node");
-        let _ = link.conn.close(200, "reconnecting".into()).await;
+        // A silent link never answers the close: it is dropped instead.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            link.conn.close(200, "reconnecting".into()),
+        )
+        .await;
+    }
+}
+
+/// At most this many connection attempts at once while reconnecting:
+/// enough that a new one can always start while older ones hang until
+/// their `CONNECT_TIMEOUT`.
+const ATTEMPTS_AT_ONCE: usize = 6;
+
+/// While an attempt hangs (a broker that accepts and then says nothing),
+/// another starts this often: the first to answer wins, so a link comes
+/// back within seconds of the network healing, not at the hung attempt's
+/// timeout.
+const HEDGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Connects again after a loss, with backoff between failed attempts and
+/// hedged attempts while one hangs. `None` when the instance stops.
+async fn reconnect(inner: &Arc<Inner>, failures: &mut u32) -> Option<Link> {
+    let mut attempts = futures::stream::FuturesUnordered::new();
+    loop {
+        let wait = if attempts.is_empty() {
+            backoff(*failures)
+        } else {
+            HEDGE_EVERY
+        };
+        tokio::select! {
+            _ = inner.stop.cancelled() => return None,
+            Some(result) = attempts.next(), if !attempts.is_empty() => match result {
+                Ok(link) => return Some(link),
+                Err(e) => {
+                    *failures = failures.saturating_add(1);
+                    // Said once per outage, then quietly kept trying.
+                    if *failures == 1 || failures.is_multiple_of(20) {
+                        tracing::error!("{e}");
+                    }
+                }
+            },
+            _ = tokio::time::sleep(wait) => {
+                if attempts.len() < ATTEMPTS_AT_ONCE {
+                    let (inner, log_each) = (inner.clone(), *failures == 0);
+                    attempts.push(Box::pin(async move { inner.connect_any(log_each).await }));
+                }
+            }
+        }
     }
 }
 
@@ -282,6 +337,10 @@ impl Bus for AmqpBus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn doubtful(&self) -> bool {
+        !self.inner.connected.load(Ordering::SeqCst) || self.inner.canary_late()
     }
 
     fn state(&self) -> BusState {

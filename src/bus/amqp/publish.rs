@@ -83,14 +83,19 @@ impl Inner {
                 .await
         };
         m::published();
-        match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
+        let wait = self.config.link_timeout;
+        match tokio::time::timeout(wait, sent).await {
             Ok(Ok(confirm)) if confirm.is_ack() => {
                 m::confirmed();
                 Ok(())
             }
             Ok(Ok(_)) => Err(BusError::Nacked),
             Ok(Err(e)) => Err(BusError::Link(Box::new(e))),
-            Err(_) => Err(BusError::NoConfirm(CONFIRM_TIMEOUT)),
+            Err(_) => {
+                // Unconfirmed this long: the link is silent, not slow.
+                link.dead.notify_one();
+                Err(BusError::NoConfirm(wait))
+            }
         }
     }
 
