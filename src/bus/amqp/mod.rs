@@ -57,7 +57,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTBOX_CAPACITY: usize = 10_000;
 /// Reconnect delays: exponential from the first to the cap, with jitter.
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
-const RECONNECT_CAP: Duration = Duration::from_secs(10);
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
 /// Time one node has to accept a connection, finish TLS and AMQP's
 /// handshake; then the next node is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
