@@ -66,6 +66,7 @@ impl Pair {
                 k != "BIZCALL_BUS__KIND" && k != "BIZCALL_WEBHOOK__OPEN" && k != "BIZCALL_AMQP__URL"
             }));
             env.push(("BIZCALL_DATABASE__URL".into(), db_url));
+            env.push(("BIZCALL_BUS__RELAY_INTERVAL".into(), "500ms".into()));
             env
         };
         let env_a = env_for(&a_bus, through(db.url(), &a_db));
