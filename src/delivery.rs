@@ -35,6 +35,16 @@ struct Seen {
     expires_at: DateTime<Utc>,
 }
 
+impl Seen {
+    /// Whether `event` is this state again, or older than it.
+    fn covers(&self, event: &CallEvent) -> bool {
+        event.status.rank() < self.rank
+            || (self.status == event.status
+                && self.answered_at == event.answered_at
+                && self.ended_at == event.ended_at)
+    }
+}
+
 /// What this instance has seen per call, pruned in amortised constant time: a
 /// sweep runs only once the map has doubled since the last one.
 #[derive(Debug)]
@@ -205,14 +215,7 @@ impl Delivery {
             .get(&event.call_id)
             .filter(|s| s.expires_at + ttl > now)
         {
-            Some(s) if rank < s.rank => false,
-            Some(s)
-                if s.status == event.status
-                    && s.answered_at == event.answered_at
-                    && s.ended_at == event.ended_at =>
-            {
-                false
-            }
+            Some(s) if s.covers(event) => false,
             _ => {
                 seen.insert(
                     event.call_id.clone(),
@@ -234,12 +237,10 @@ impl Delivery {
     /// already: the relay skips it then.
     pub fn has_seen(&self, event: &CallEvent) -> bool {
         let guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        guard.calls.get(&event.call_id).is_some_and(|s| {
-            event.status.rank() < s.rank
-                || (s.status == event.status
-                    && s.answered_at == event.answered_at
-                    && s.ended_at == event.ended_at)
-        })
+        guard
+            .calls
+            .get(&event.call_id)
+            .is_some_and(|s| s.covers(event))
     }
 
     pub fn watch(&self) -> broadcast::Receiver<CallEvent> {

@@ -17,15 +17,6 @@ async fn post(url: &str, seq: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn ready(base: &str) -> (u16, serde_json::Value) {
-    let r = common::http()
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_then_back() {
     let db = common::TestDb::new(common::Backend::Postgres).await;
@@ -57,12 +48,12 @@ async fn postgres_stopped_then_back() {
     relay.cut();
     let (code, body) = post(&url, "during").await;
     assert_eq!((code, body.as_str()), (503, "unavailable: database"));
-    let (code, status) = ready(&base).await;
+    let (code, status) = common::ready(&base).await;
     assert_eq!(code, 503);
     assert_eq!(status["database"], "down");
     relay.restore();
     assert_eq!(post(&url, "during").await, (200, "OK".to_string()));
-    assert_eq!(ready(&base).await.0, 200);
+    assert_eq!(common::ready(&base).await.0, 200);
 
     let check = db.connect().await;
     assert!(check.call("before").await.unwrap().is_some());

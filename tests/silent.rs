@@ -436,15 +436,6 @@ async fn post_timed(base: &str, seq: &str) -> (u16, Option<String>, Duration) {
     (r.status().as_u16(), retry, started.elapsed())
 }
 
-async fn ready(base: &str) -> (u16, serde_json::Value) {
-    let r = common::http()
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 /// A's PostgreSQL stops answering (blackholed), then answers 2 s late per
 /// round trip, then heals: A answers 503 with `Retry-After` within
 /// `database.timeout` (3 s) and never `OK` without a commit, says so on
@@ -481,7 +472,7 @@ async fn a_database_that_stops_answering_is_503_within_the_timeout_and_recovers(
             refused.push(s);
         }
         let started = Instant::now();
-        let (status, body) = ready(&a).await;
+        let (status, body) = common::ready(&a).await;
         assert_eq!(
             (status, body["database"].as_str()),
             (503, Some("down")),

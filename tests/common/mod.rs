@@ -565,6 +565,12 @@ pub fn cdr_fields(seq: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `/readyz` of the instance at `base`: its status and body.
+pub async fn ready(base: &str) -> (u16, serde_json::Value) {
+    let r = http().get(format!("{base}/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// Waits until the instance at `base` is connected to its broker.
 pub async fn bus_up(base: &str, limit: Duration) {
     eventually(limit, &format!("bus up on {base}"), || async move {
