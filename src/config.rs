@@ -192,7 +192,7 @@ impl Default for BusConfig {
         Self {
             kind: BusKind::Local,
             message_ttl: Duration::from_secs(30),
-            relay_interval: Duration::ZERO,
+            relay_interval: Duration::from_millis(500),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::bus::{Bus, EventHandler, HandleError, Handled};
 use crate::call::{BusEvent, CallEvent, HandledEvent};
 use crate::config::Config;
 use crate::db::{Db, DbError, TokenInfo};
-use crate::hub::Hub;
+use crate::hub::{Hub, Tablet};
 use crate::metrics as m;
 use crate::prepared::Prepared;
 use crate::trail::Trail;
@@ -260,55 +260,7 @@ impl Delivery {
 #[async_trait]
 impl EventHandler for Delivery {
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError> {
-        let now = Utc::now();
-        if !event.is_live(now) {
-            m::popup_expired();
-            if let Some(trail) = self.trail() {
-                trail.expired(&event.call_id, self.hub.has_subscribed(&event.store));
-            }
-            return Ok(Handled::Done);
-        }
-        if !self.fresh(&event, now) {
-            tracing::debug!(call = %event.call_id, "duplicate or stale event dropped");
-            return Ok(Handled::Done);
-        }
-        let _ = self.watchers.send(event.clone());
-        let targets = self.hub.tablets_of(&event.store, |t| t.subscribed());
-        if targets.is_empty() {
-            if let Some(trail) = self.trail() {
-                trail.reached(&event.call_id, std::iter::empty(), 0);
-            }
-            return Ok(Handled::Done);
-        }
-        let awaits_ack = targets.iter().any(|t| t.awaits_ack());
-        let event = Arc::new(Prepared::new(event));
-        let handled = if awaits_ack {
-            let (tx, rx) = oneshot::channel();
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            // Forget waiters whose bus message was settled another way.
-            waiting.retain(|_, senders| {
-                senders.retain(|s| !s.is_closed());
-                !senders.is_empty()
-            });
-            waiting
-                .entry(event.call_id().to_string())
-                .or_default()
-                .push(tx);
-            Handled::AwaitingAck(rx)
-        } else {
-            Handled::Done
-        };
-        let mut slow = 0;
-        for t in &targets {
-            if !t.offer(event.clone()) {
-                slow += 1;
-            }
-        }
-        if let Some(trail) = self.trail() {
-            let tokens = targets.iter().map(|t| &t.token_id[..]);
-            trail.reached(event.call_id(), tokens, slow);
-        }
-        Ok(handled)
+        self.deliver(event, |t| t.subscribed())
     }
 
     /// A tablet took a call: every other subscribed tablet of its store
@@ -370,6 +322,74 @@ impl EventHandler for Delivery {
 }
 
 impl Delivery {
+    /// Hands a live, fresh event to the tablets of its store here that
+    /// `wanted` picks.
+    fn deliver(
+        &self,
+        event: CallEvent,
+        wanted: impl Fn(&Tablet) -> bool,
+    ) -> Result<Handled, HandleError> {
+        let now = Utc::now();
+        if !event.is_live(now) {
+            m::popup_expired();
+            if let Some(trail) = self.trail() {
+                trail.expired(&event.call_id, self.hub.has_subscribed(&event.store));
+            }
+            return Ok(Handled::Done);
+        }
+        if !self.fresh(&event, now) {
+            tracing::debug!(call = %event.call_id, "duplicate or stale event dropped");
+            return Ok(Handled::Done);
+        }
+        let _ = self.watchers.send(event.clone());
+        let targets = self.hub.tablets_of(&event.store, wanted);
+        if targets.is_empty() {
+            if let Some(trail) = self.trail() {
+                trail.reached(&event.call_id, std::iter::empty(), 0);
+            }
+            return Ok(Handled::Done);
+        }
+        let awaits_ack = targets.iter().any(|t| t.awaits_ack());
+        let event = Arc::new(Prepared::new(event));
+        let handled = if awaits_ack {
+            let (tx, rx) = oneshot::channel();
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget waiters whose bus message was settled another way.
+            waiting.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            waiting
+                .entry(event.call_id().to_string())
+                .or_default()
+                .push(tx);
+            Handled::AwaitingAck(rx)
+        } else {
+            Handled::Done
+        };
+        let mut slow = 0;
+        for t in &targets {
+            if !t.offer(event.clone()) {
+                slow += 1;
+            }
+        }
+        if let Some(trail) = self.trail() {
+            let tokens = targets.iter().map(|t| &t.token_id[..]);
+            trail.reached(event.call_id(), tokens, slow);
+        }
+        Ok(handled)
+    }
+
+    /// The relay's way in: a change read from the database, stored at
+    /// `stored_at`, reaches only the tablets connected before then (one that
+    /// connected later read it from the call list, and may have shown it on
+    /// another instance). Returns whether it went out.
+    pub fn relay(&self, event: CallEvent, stored_at: DateTime<Utc>) -> bool {
+        let stored_ms = stored_at.timestamp_millis();
+        self.deliver(event, |t| t.subscribed() && t.since_ms <= stored_ms)
+            .is_ok()
+    }
+
     /// Replays every change of `stores` still inside its TTL; returns the
     /// changes, pages and time it took, or `None` when it stopped early.
     async fn catch_up(&self, stores: &[String]) -> Option<(usize, usize, std::time::Duration)> {

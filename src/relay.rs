@@ -121,7 +121,7 @@ impl Relay {
                 still.insert(key);
                 continue;
             }
-            if self.pass_on(&row, now).await {
+            if self.pass_on(&row, now) {
                 relayed += 1;
             }
         }
@@ -137,13 +137,14 @@ impl Relay {
     }
 
     /// Hands one stored change to delivery unless it expired or was seen.
-    async fn pass_on(&self, row: &CallRow, now: DateTime<Utc>) -> bool {
+    fn pass_on(&self, row: &CallRow, now: DateTime<Utc>) -> bool {
         let ttl = self.parts.config.bus.message_ttl;
         let event = row.event_at(ttl, from_millis(row.updated_at));
         if !event.is_live(now) || self.parts.delivery.has_seen(&event) {
             return false;
         }
-        use crate::bus::EventHandler;
-        self.parts.delivery.handle(event).await.is_ok()
+        self.parts
+            .delivery
+            .relay(event, from_millis(row.updated_at))
     }
 }

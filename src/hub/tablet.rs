@@ -44,6 +44,10 @@ pub enum Crowded {
 #[derive(Debug)]
 pub struct Tablet {
     pub id: u64,
+    /// When it connected (wall clock, ms since the epoch): a change stored
+    /// before then reaches it through the call list it reads on connecting,
+    /// not through the relay.
+    pub since_ms: i64,
     /// The token's store; empty for an anonymous tablet.
     pub store: String,
     /// The token's id; empty for an anonymous tablet. Shared with the
@@ -80,6 +84,7 @@ impl Tablet {
     ) -> Self {
         Tablet {
             id,
+            since_ms: chrono::Utc::now().timestamp_millis(),
             store: store.to_string(),
             token_id: Arc::from(token_id),
             anonymous,
