@@ -149,7 +149,13 @@ impl Delivery {
         if first {
             tracing::info!(call = %call, store = %store, token = %token_id, "popup acknowledged");
             let ttl = self.config.bus.message_ttl;
-            let event = BusEvent::Handled(HandledEvent::new(call, store, label, Utc::now(), ttl));
+            let event = BusEvent::Handled(HandledEvent::new(
+                call,
+                store,
+                label,
+                crate::clock::now(),
+                ttl,
+            ));
             if let Some(bus) = self.bus.get().and_then(std::sync::Weak::upgrade) {
                 self.tasks.spawn(async move {
                     if let Err(e) = bus.publish(&event).await {
@@ -267,7 +273,7 @@ impl EventHandler for Delivery {
     /// here gets the handled event (once per call; the legacy destination
     /// filters it out when writing).
     async fn handled(&self, event: HandledEvent) {
-        let now = Utc::now();
+        let now = crate::clock::now();
         if !event.is_live(now) {
             m::popup_expired();
             return;
@@ -329,7 +335,7 @@ impl Delivery {
         event: CallEvent,
         wanted: impl Fn(&Tablet) -> bool,
     ) -> Result<Handled, HandleError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         if !event.is_live(now) {
             m::popup_expired();
             if let Some(trail) = self.trail() {
@@ -394,7 +400,7 @@ impl Delivery {
     /// changes, pages and time it took, or `None` when it stopped early.
     async fn catch_up(&self, stores: &[String]) -> Option<(usize, usize, std::time::Duration)> {
         let ttl = self.config.bus.message_ttl;
-        let since = Utc::now() - self.config.bus.ttl();
+        let since = crate::clock::now() - self.config.bus.ttl();
         if stores.is_empty() {
             return None;
         }

@@ -129,7 +129,11 @@ pub async fn accept(app: &Intake, cdr: &Cdr) -> Outcome {
 /// handed to the bus: then it is published now, while still inside its TTL.
 async fn republish_if_unpublished(app: &Intake, cdr: &Cdr) {
     let ttl = app.config.bus.ttl();
-    match app.db.unpublished(&cdr.seq, chrono::Utc::now() - ttl).await {
+    match app
+        .db
+        .unpublished(&cdr.seq, crate::clock::now() - ttl)
+        .await
+    {
         Ok(Some(row)) => {
             tracing::info!(seq = %cdr.seq, "CDR repeat of an unpublished change: publishing it");
             publish(app, &row).await;
@@ -156,7 +160,7 @@ async fn publish(app: &Intake, row: &CallRow) {
 
 /// Publishes a stored change and records that it reached the bus.
 async fn publish_now(app: &Intake, row: &CallRow) {
-    let event = row.event_at(app.config.bus.message_ttl, chrono::Utc::now());
+    let event = row.event_at(app.config.bus.message_ttl, crate::clock::now());
     match app.bus.publish(&BusEvent::Call(event)).await {
         Ok(()) => {
             app.trail.received(&row.seq, row.updated_at, true);

@@ -42,6 +42,7 @@ pub mod auth;
 pub mod bus;
 pub mod call;
 pub mod cdr;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod delivery;

@@ -91,6 +91,10 @@ fn describe() {
     );
     describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
     describe_gauge!(
+        "bizcall_clock_offset_seconds",
+        "the database's clock minus this instance's: event times follow the database's"
+    );
+    describe_gauge!(
         "bizcall_bus_node",
         "1 for the RabbitMQ node (amqp://host:port) the bus is connected to, 0 for the other nodes of amqp.url"
     );
@@ -292,6 +296,9 @@ pub fn relayed(n: u64) {
 }
 pub fn database_timeout() {
     counter!("bizcall_database_timeouts_total").increment(1);
+}
+pub fn clock_offset(seconds: f64) {
+    gauge!("bizcall_clock_offset_seconds").set(seconds);
 }
 pub fn reconnected() {
     counter!("bizcall_bus_reconnects_total").increment(1);

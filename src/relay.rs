@@ -90,7 +90,7 @@ impl Relay {
             self.doubtful_read = None;
             return;
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let window = now - config.bus.ttl();
         let doubtful = bus.doubtful();
         let rows = if doubtful {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +31,7 @@ impl LocalBus {
                     ev = rx.recv() => match ev { Some(ev) => ev, None => break },
                 };
                 m::consumed();
-                if !event.is_live(Utc::now()) {
+                if !event.is_live(crate::clock::now()) {
                     m::expired_before_delivery();
                     continue;
                 }

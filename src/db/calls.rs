@@ -110,7 +110,7 @@ impl Db {
     /// nothing. Since the identity columns are written once, the follow-up
     /// read that names a conflict cannot race with another update.
     pub async fn upsert_call(&self, cdr: &Cdr) -> Result<Upsert> {
-        let now = millis(Utc::now());
+        let now = millis(crate::clock::now());
         let status = cdr.status();
         let extras = serde_json::to_string(
             &cdr.extras

@@ -309,3 +309,20 @@ impl Db {
         matches!(tokio::time::timeout(ACQUIRE_TIMEOUT, run).await, Ok(Ok(1)))
     }
 }
+
+impl Db {
+    /// The database server's clock in ms since the epoch, for the fleet's
+    /// clock (`crate::clock`); `None` for SQLite, which shares this host's
+    /// clock with every instance that can open it.
+    pub async fn clock_ms(&self) -> std::result::Result<Option<i64>, DbError> {
+        match self {
+            Db::Sqlite(_) => Ok(None),
+            Db::Postgres(pool) => {
+                let sql = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+                Ok(Some(
+                    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await?,
+                ))
+            }
+        }
+    }
+}

@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
-
 use super::*;
 use crate::presence_book::PresenceKey;
 
@@ -31,7 +29,7 @@ pub struct Online {
 
 /// Now, in the stored form.
 pub fn now_millis() -> i64 {
-    millis(Utc::now())
+    millis(crate::clock::now())
 }
 
 impl Db {

@@ -84,7 +84,7 @@ impl Tablet {
     ) -> Self {
         Tablet {
             id,
-            since_ms: chrono::Utc::now().timestamp_millis(),
+            since_ms: crate::clock::now().timestamp_millis(),
             store: store.to_string(),
             token_id: Arc::from(token_id),
             anonymous,

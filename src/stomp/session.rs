@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-
 use super::close::Close;
 use super::frame::{Command, Frame, Item, Version};
 use crate::auth::{bearer_token, Surface};
@@ -524,7 +522,7 @@ impl Session {
         let Some(tablet) = self.tablet.clone() else {
             return Vec::new();
         };
-        let now = Utc::now();
+        let now = crate::clock::now();
         // A popup about to expire would reach the tablet after it: drop it.
         if !event.is_live(now + STALE_MARGIN) {
             m::popup_expired();

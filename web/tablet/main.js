@@ -22,7 +22,19 @@ const STOMP_PATH = stompPath();
 const TOKEN_KEY = "bizcall.token";
 const RANK = { ringing: 0, answered: 1, missed: 2, completed: 2 };
 const state = { token: "", store: "", calls: new Map(), popup: null, connectedOnce: false, downSince: 0,
-                missed: new Map(), history: new Map(), sound: false, wakeLock: null };
+                missed: new Map(), history: new Map(), sound: false, wakeLock: null,
+                clockOffset: 0 };
+
+// The server's clock minus this tablet's, in ms, from the Date header of API
+// answers (to the second): popups expire by the server's clock, and an
+// iPad's may be minutes off. Under 2 s it is noise and left at zero.
+function learnClock(res) {
+  const date = Date.parse(res.headers.get("Date") || "");
+  if (isNaN(date)) return;
+  const offset = date + 500 - Date.now();
+  state.clockOffset = Math.abs(offset) < 2000 ? 0 : offset;
+}
+function serverNow() { return Date.now() + state.clockOffset; }
 
 // A token in the URL fragment (the console's QR code): kept, and taken
 // out of the address bar at once. Fragments never reach a server.
@@ -82,7 +94,7 @@ function onCall(ev, ackId) {
   if (ackId) call.ackId = ackId;
   state.calls.set(ev.callId, call);
   renderCalls();
-  const fresh = new Date(ev.expiresAt).getTime() > Date.now();
+  const fresh = new Date(ev.expiresAt).getTime() > serverNow();
   if (state.popup === ev.callId || (!known && fresh && !call.acknowledged)) showPopup(call);
 }
 
@@ -199,6 +211,7 @@ document.addEventListener("visibilitychange", () => {
 async function api(path, opts) {
   const res = await fetch("/api/stores/" + encodeURIComponent(state.store) + path,
     Object.assign({ headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" } }, opts || {}));
+  learnClock(res);
   const body = await res.json().catch(() => ({}));
   if (!res.ok) throw Object.assign(new Error(body.error || res.statusText), { field: body.field });
   return body;
@@ -214,6 +227,7 @@ async function loadStore() {
 // `downSince`: when the connection dropped, if it did. Calls that came in
 // meanwhile and nobody took are shown as missed calls.
 async function refresh(downSince) {
+  if (downSince) downSince += state.clockOffset; // on the server's clock
   try {
     // Today's calls; after a drop, from a minute before it as well, so a
     // call missed just before midnight (Korea time) is still found.

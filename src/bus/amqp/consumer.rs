@@ -67,7 +67,7 @@ impl Inner {
         };
         m::bus_transit(transit(sent_us, event.published_at));
         event.published_us = sent_us;
-        let now = Utc::now();
+        let now = crate::clock::now();
         if !event.is_live(now) {
             m::expired_before_delivery();
             if acks {
@@ -93,7 +93,7 @@ impl Inner {
     /// once (an expired one is rejected, as a call event would be).
     pub(super) async fn on_handled(&self, acker: lapin::Acker, event: HandledEvent) {
         let acks = self.config.ack_mode != AckMode::None;
-        let now = Utc::now();
+        let now = crate::clock::now();
         if !event.is_live(now) {
             m::expired_before_delivery();
             if acks {
@@ -118,7 +118,7 @@ impl Inner {
     pub(super) async fn retry(self: Arc<Self>, acker: lapin::Acker, event: CallEvent) {
         let mut delay = self.config.retry_initial_interval;
         for attempt in 2..=self.config.retry_max_attempts {
-            if Utc::now() + crate::call::to_chrono(delay) >= event.expires_at {
+            if crate::clock::now() + crate::call::to_chrono(delay) >= event.expires_at {
                 break;
             }
             tokio::select! {
@@ -154,7 +154,7 @@ impl Inner {
             (AckMode::None, _) => {}
             (AckMode::Manual, Handled::AwaitingAck(acked)) => {
                 // Held until a tablet acknowledges the popup, or it expires.
-                let left = event.time_left(Utc::now());
+                let left = event.time_left(crate::clock::now());
                 let stop = self.stop.clone();
                 let held = Held::count(self);
                 tokio::spawn(async move {

@@ -27,7 +27,7 @@ pub fn publish_time_header() -> FieldTable {
     let mut headers = FieldTable::default();
     headers.insert(
         PUBLISHED_US.into(),
-        AMQPValue::LongLongInt(Utc::now().timestamp_micros()),
+        AMQPValue::LongLongInt(crate::clock::now().timestamp_micros()),
     );
     headers
 }
@@ -48,7 +48,7 @@ pub(super) fn published_us(delivery: &lapin::message::Delivery) -> Option<i64> {
 /// The bus leg of a delivery: from the publish-time header (`sent_us`)
 /// when present, else from the event's own (millisecond) publish time.
 pub(super) fn transit(sent_us: Option<i64>, published_at: chrono::DateTime<Utc>) -> Duration {
-    let now = Utc::now();
+    let now = crate::clock::now();
     match sent_us {
         Some(us) => Duration::from_micros(now.timestamp_micros().saturating_sub(us).max(0) as u64),
         None => (now - published_at).to_std().unwrap_or_default(),
@@ -58,7 +58,7 @@ pub(super) fn transit(sent_us: Option<i64>, published_at: chrono::DateTime<Utc>)
 impl Inner {
     /// Publishes one event on `link` and waits for the broker's confirm.
     pub(super) async fn publish_on(&self, link: &Link, event: &BusEvent) -> Result<(), BusError> {
-        let left = event.time_left(Utc::now());
+        let left = event.time_left(crate::clock::now());
         if left.is_zero() {
             m::expired_before_delivery();
             return Ok(());
@@ -116,7 +116,7 @@ impl Inner {
         if pending.is_empty() {
             return;
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let (live, expired): (Vec<_>, Vec<_>) = pending.into_iter().partition(|e| e.is_live(now));
         for _ in &expired {
             m::expired_before_delivery();
