@@ -12,6 +12,7 @@ use crate::call::{mask_number, BusEvent};
 use crate::cdr::Cdr;
 use crate::config::Config;
 use crate::db::{CallRow, Conflict, Db, DbError, PublishMarks, Upsert};
+use crate::log_budget::LogBudget;
 use crate::metrics as m;
 
 /// What accepting one CDR did.
@@ -96,6 +97,23 @@ pub async fn accept(app: &Intake, cdr: &Cdr) -> Outcome {
                 "CDR repeat disagrees with the call's first CDR: nothing changed"
             );
             return Outcome::Conflict(conflict);
+        }
+        Err(e) if e.is_disk_full() => {
+            // Said once a minute while it lasts; the metric counts each CDR.
+            static DISK_FULL: LogBudget = LogBudget::with_lines(
+                "CDR not stored: the database's disk is full",
+                crate::log_budget::INTERVAL,
+                1,
+            );
+            m::disk_full();
+            if DISK_FULL.admit() {
+                tracing::error!(
+                    seq = %cdr.seq,
+                    error = %e,
+                    "CDR not stored: the database's disk is full; CDRs are answered 503 until space returns (free space where the database lives)"
+                );
+            }
+            return Outcome::Unavailable(e);
         }
         Err(e) => {
             tracing::error!(seq = %cdr.seq, error = %e, "CDR not stored: database unavailable");

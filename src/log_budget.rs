@@ -17,6 +17,8 @@ pub struct LogBudget {
     /// What the lines are about, for the summary ("SockJS session refused").
     what: &'static str,
     interval: Duration,
+    /// Lines written per interval before the rest are counted.
+    lines: u32,
     state: Mutex<State>,
 }
 
@@ -36,9 +38,16 @@ impl LogBudget {
     }
 
     pub const fn with_interval(what: &'static str, interval: Duration) -> Self {
+        Self::with_lines(what, interval, LINES_PER_INTERVAL)
+    }
+
+    /// `lines` per `interval`: one, for a condition that holds a while (a
+    /// full disk) and should be said once per interval.
+    pub const fn with_lines(what: &'static str, interval: Duration, lines: u32) -> Self {
         LogBudget {
             what,
             interval,
+            lines,
             state: Mutex::new(State {
                 since: None,
                 written: 0,
@@ -65,7 +74,7 @@ impl LogBudget {
             st.since = Some(now);
             st.written = 0;
         }
-        let admitted = st.written < LINES_PER_INTERVAL;
+        let admitted = st.written < self.lines;
         if admitted {
             st.written += 1;
         } else {

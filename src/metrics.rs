@@ -90,6 +90,10 @@ fn describe() {
         "CDRs answered 503 because the database did not answer within database.timeout"
     );
     describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
+    describe_counter!(
+        "bizcall_database_disk_full_total",
+        "CDRs answered 503 because the database's disk was full"
+    );
     describe_gauge!(
         "bizcall_clock_offset_seconds",
         "the database's clock minus this instance's: event times follow the database's"
@@ -296,6 +300,9 @@ pub fn relayed(n: u64) {
 }
 pub fn database_timeout() {
     counter!("bizcall_database_timeouts_total").increment(1);
+}
+pub fn disk_full() {
+    counter!("bizcall_database_disk_full_total").increment(1);
 }
 pub fn clock_offset(seconds: f64) {
     gauge!("bizcall_clock_offset_seconds").set(seconds);

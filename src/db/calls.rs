@@ -145,6 +145,10 @@ impl Db {
                 AND calls.started_at = excluded.started_at \
              RETURNING {CALL_COLUMNS}"
         );
+        // Read to the end, not just the first row: SQLite commits an
+        // autocommit statement when it completes, and a commit that fails
+        // (a full disk) is reported only then. `fetch_optional` stopped at
+        // the row and never saw it: the CDR was answered OK and rolled back.
         let changed = on_pool!(self, pool => sqlx::query_as::<_, CallRow>(&sql)
             .bind(&cdr.seq)
             .bind(status.as_str())
@@ -158,9 +162,9 @@ impl Db {
             .bind(&extras)
             .bind(cdr.fingerprint())
             .bind(now)
-            .fetch_optional(pool)
+            .fetch_all(pool)
             .await)?;
-        if let Some(row) = changed {
+        if let Some(row) = changed.into_iter().next() {
             return Ok(Upsert::Changed(row));
         }
         let first: Option<(String, Option<String>, String, i64)> = on_pool!(self, pool => sqlx::query_as(

@@ -95,6 +95,13 @@ impl DbError {
         matches!(self, DbError::Sql(sqlx::Error::Io(e))
             if matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted))
     }
+
+    /// Whether the database's disk is full: SQLite's `SQLITE_FULL` (13),
+    /// PostgreSQL's `disk_full` (53100).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, DbError::Sql(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("13" | "53100")))
+    }
 }
 
 /// What the stored data does not allow, said so the caller can correct it.

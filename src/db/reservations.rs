@@ -46,7 +46,9 @@ pub struct NewReservation {
 
 impl Db {
     pub async fn reservation_add(&self, store: &str, r: &NewReservation) -> Result<Reservation> {
-        Ok(on_pool!(self, pool => sqlx::query_as::<_, Reservation>(
+        // To the end: SQLite reports a failed commit only when the
+        // statement completes (see `upsert_call`).
+        let rows = on_pool!(self, pool => sqlx::query_as::<_, Reservation>(
             "INSERT INTO reservations (store, call_id, customer_number, car_number, car_model, \
                 service, reserved_at, memo, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -62,8 +64,11 @@ impl Db {
         .bind(millis(r.reserved_at))
         .bind(r.memo.as_deref())
         .bind(millis(Utc::now()))
-        .fetch_one(pool)
-        .await)?)
+        .fetch_all(pool)
+        .await)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| DbError::Sql(sqlx::Error::RowNotFound))
     }
 
     /// What a store knows of one caller: their calls started before
