@@ -386,11 +386,12 @@ impl Delivery {
         Ok(handled)
     }
 
-    /// The relay's way in: a change read from the database, stored at
-    /// `stored_at`, reaches only the tablets connected before then (one that
-    /// connected later read it from the call list, and may have shown it on
-    /// another instance). Returns whether it went out.
-    pub fn relay(&self, event: CallEvent, stored_at: DateTime<Utc>) -> bool {
+    /// The way in for a change read from the database (the relay, a
+    /// catch-up, a replay after binding), stored at `stored_at`: it reaches
+    /// only the tablets connected before then (one that connected later read
+    /// it from the call list, and may have shown it on another instance).
+    /// Returns whether it went out.
+    pub fn deliver_stored(&self, event: CallEvent, stored_at: DateTime<Utc>) -> bool {
         let stored_ms = stored_at.timestamp_millis();
         self.deliver(event, |t| t.subscribed() && t.since_ms <= stored_ms)
             .is_ok()
@@ -436,7 +437,7 @@ impl Delivery {
             }
             for row in &rows {
                 let at = crate::db::from_millis(row.updated_at);
-                let _ = self.handle(row.event_at(ttl, at)).await;
+                self.deliver_stored(row.event_at(ttl, at), at);
             }
             offered += rows.len();
             m::caught_up(rows.len() as u64);

@@ -145,6 +145,6 @@ impl Relay {
         }
         self.parts
             .delivery
-            .relay(event, from_millis(row.updated_at))
+            .deliver_stored(event, from_millis(row.updated_at))
     }
 }
