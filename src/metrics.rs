@@ -95,6 +95,10 @@ fn describe() {
         "CDRs answered 503 because the database's disk was full"
     );
     describe_gauge!(
+        "bizcall_runtime_tasks",
+        "tasks alive in this instance's runtime (one per connection, plus a few)"
+    );
+    describe_gauge!(
         "bizcall_clock_offset_seconds",
         "the database's clock minus this instance's: event times follow the database's"
     );
@@ -320,6 +324,10 @@ pub fn bus_connected(up: bool) {
 /// Tablets connected here: with a token, and anonymous
 /// (`compat.anonymous`), counted apart so an operator sees who still
 /// needs a token.
+/// Tasks alive in the runtime (read when `/metrics` is scraped).
+pub fn runtime_tasks(n: usize) {
+    gauge!("bizcall_runtime_tasks").set(n as f64);
+}
 pub fn tablets(with_token: usize, anonymous: usize, stores: usize) {
     gauge!("bizcall_tablets_connected", "auth" => "token").set(with_token as f64);
     gauge!("bizcall_tablets_connected", "auth" => "anonymous").set(anonymous as f64);

@@ -25,6 +25,8 @@ pub struct TabletLog {
     pub stale: Vec<String>,
     pub reconnects: usize,
     pub latencies_ms: Vec<f64>,
+    /// (arrival, webhook→popup ms) per popup, for latency over time.
+    pub timed: Vec<(Instant, f64)>,
 }
 
 /// One tablet of store `store<N>`.
@@ -90,6 +92,18 @@ pub fn start_tablets(
     sent: &SentAt,
     stop: &CancellationToken,
 ) -> (Vec<Tablet>, Vec<tokio::task::JoinHandle<()>>) {
+    start_churning_tablets(tokens, bases, sent, stop, None)
+}
+
+/// `start_tablets` whose tablets also leave and reconnect of their own
+/// accord, each after a random time around `churn` (0.5 to 1.5 times it).
+pub fn start_churning_tablets(
+    tokens: &[(String, Vec<String>)],
+    bases: &[String],
+    sent: &SentAt,
+    stop: &CancellationToken,
+    churn: Option<Duration>,
+) -> (Vec<Tablet>, Vec<tokio::task::JoinHandle<()>>) {
     let mut tablets = Vec::new();
     let mut tasks = Vec::new();
     for (slug, toks) in tokens {
@@ -106,6 +120,7 @@ pub fn start_tablets(
                 log,
                 sent.clone(),
                 stop.clone(),
+                churn,
             )));
         }
     }
@@ -126,6 +141,7 @@ pub async fn run_tablet(
     log: Arc<Mutex<TabletLog>>,
     sent: SentAt,
     stop: CancellationToken,
+    churn: Option<Duration>,
 ) {
     let ws = format!("{}/ws", base.replace("http://", "ws://"));
     let mut first = true;
@@ -164,9 +180,13 @@ pub async fn run_tablet(
                 }
             }
         }
+        let leave_at = churn.map(|mean| Instant::now() + mean.mul_f64(0.5 + rand::random::<f64>()));
         loop {
             if stop.is_cancelled() {
                 return;
+            }
+            if leave_at.is_some_and(|at| Instant::now() >= at) {
+                break;
             }
             match c.poll(Duration::from_millis(500)).await {
                 Polled::Timeout => {}
@@ -186,7 +206,9 @@ pub async fn run_tablet(
                         l.stale.push(id.clone());
                     }
                     if let Some(at) = sent.lock().unwrap().get(&id) {
-                        l.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+                        let ms = at.elapsed().as_secs_f64() * 1000.0;
+                        l.latencies_ms.push(ms);
+                        l.timed.push((Instant::now(), ms));
                     }
                     l.arrivals.push(Instant::now());
                     *l.popups.entry(id).or_default() += 1;
