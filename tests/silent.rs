@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::checker::{Popup, Posted, Record, Verdict};
+use common::checker::{note_row, Popup, Posted, Record, Verdict};
 use common::fault::FaultProxy;
 use common::stomp::Client;
 use common::{Backend, Broker, Instance, TestDb};
@@ -303,19 +303,6 @@ async fn run(fault: Fault, length: Duration) -> (Verdict, Option<Duration>, Pair
     (verdict, detect, pair)
 }
 
-fn note_row(row: &str) {
-    use std::io::Write;
-    let dir = common::artifacts();
-    let _ = std::fs::create_dir_all(&dir);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("reliability.md"))
-    {
-        let _ = writeln!(f, "{row}");
-    }
-    println!("{row}");
-}
 
 async fn scenario(fault: Fault, length: Duration, name: &str) {
     let (verdict, detect, pair) = run(fault, length).await;

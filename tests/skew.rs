@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::checker::{Popup, Posted, Record};
+use common::checker::{note_row, Popup, Posted, Record};
 use common::stomp::Client;
 use common::{Backend, Broker, Instance, TestDb};
 
@@ -157,19 +157,6 @@ async fn calls(pair: &Pair, tag: &str) -> Vec<Posted> {
     posted
 }
 
-fn note_row(row: &str) {
-    use std::io::Write;
-    let dir = common::artifacts();
-    let _ = std::fs::create_dir_all(&dir);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("reliability.md"))
-    {
-        let _ = writeln!(f, "{row}");
-    }
-    println!("{row}");
-}
 
 /// Every call shown once, in time, with the instances' clocks `a_skew`
 /// and `b_skew` seconds off.

@@ -151,3 +151,20 @@ impl Verdict {
         )
     }
 }
+
+/// Appends a row of docs/reliability.md's table to
+/// `artifacts/reliability.md` (which scripts/test empties first, so it
+/// holds one run's rows), and prints it.
+pub fn note_row(row: &str) {
+    use std::io::Write;
+    let dir = super::artifacts();
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("reliability.md"))
+    {
+        let _ = writeln!(f, "{row}");
+    }
+    println!("{row}");
+}
