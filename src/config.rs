@@ -732,14 +732,76 @@ impl Config {
 fn describe(err: figment::Error) -> String {
     let mut lines = Vec::new();
     for e in err {
-        let key = if e.path.is_empty() {
-            String::new()
-        } else {
-            format!("{}: ", e.path.join("."))
+        let from_env = e
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.contains("environment"));
+        let line = match &e.kind {
+            figment::error::Kind::UnknownField(field, expected) => {
+                // The path ends with the unknown key itself.
+                let mut path = e.path.clone();
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
+                let mut line = format!("unknown key {}", path.join("."));
+                if from_env {
+                    line.push_str(&format!(
+                        " (from the variable BIZCALL_{})",
+                        path.join("__").to_uppercase()
+                    ));
+                }
+                if let Some(near) = closest(field, expected) {
+                    line.push_str(&format!("; did you mean {near}?"));
+                } else if !expected.is_empty() {
+                    line.push_str(&format!("; the keys here are {}", expected.join(", ")));
+                }
+                line
+            }
+            kind => {
+                let mut line = if e.path.is_empty() {
+                    kind.to_string()
+                } else {
+                    format!("{}: {kind}", e.path.join("."))
+                };
+                if from_env && !e.path.is_empty() {
+                    line.push_str(&format!(
+                        " (from the variable BIZCALL_{})",
+                        e.path.join("__").to_uppercase()
+                    ));
+                }
+                line
+            }
         };
-        lines.push(format!("{key}{}", e.kind));
+        lines.push(line);
     }
     lines.join("; ")
+}
+
+/// The key of `known` nearest to the mistyped `key`, if one is near
+/// enough to be what was meant (at most two edits, or a third of it).
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut diagonal = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let above = row[j + 1];
+                row[j + 1] = (above + 1)
+                    .min(row[j] + 1)
+                    .min(diagonal + usize::from(ca != *cb));
+                diagonal = above;
+            }
+        }
+        row[b.len()]
+    };
+    known
+        .iter()
+        .map(|k| (distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2.max(key.chars().count() / 3))
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// Durations as human strings: "30s", "500ms", "2m".
@@ -752,9 +814,9 @@ pub mod duration_str {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map_err(|e| {
+        humantime::parse_duration(text.trim()).map_err(|_| {
             serde::de::Error::custom(format!(
-                "expected a duration such as \"30s\" or \"500ms\", got {text:?} ({e})"
+                "expected a duration such as \"30s\" or \"500ms\", got {text:?}"
             ))
         })
     }
@@ -797,6 +859,49 @@ mod tests {
             assert_eq!(c.amqp.ack_mode, AckMode::Manual);
             assert!(c.is_trusted_proxy("10.1.2.3".parse().unwrap()));
             assert!(!c.is_trusted_proxy("11.1.2.3".parse().unwrap()));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_mistyped_key_names_the_variable_and_the_key_meant() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_SERVER__LISTN", "127.0.0.1:9000");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "configuration: unknown key server.listn (from the variable BIZCALL_SERVER__LISTN); did you mean listen?"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bizcall.toml", "[bus]\nmessage_tl = \"5s\"\n")?;
+            let err = Config::load(None).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "configuration: unknown key bus.message_tl; did you mean message_ttl?"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_BUS__ZZZZZZZ", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("the keys here are kind, message_ttl, relay_interval"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_duration_is_one_plain_line() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BIZCALL_BUS__MESSAGE_TTL", "soon");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(!err.contains("expected number"), "parser noise: {err}");
+            assert!(!err.contains('`'), "backticks: {err}");
+            assert!(err.contains("BIZCALL_BUS__MESSAGE_TTL"), "{err}");
             Ok(())
         });
     }

@@ -192,7 +192,13 @@ fn one_line(err: &anyhow::Error) -> String {
 /// Logs go to standard error, as text or one JSON object per line
 /// (`log.format`); `RUST_LOG` picks the level.
 fn init_logging(serving: bool, format: LogFormat) {
-    let default = if serving { "info" } else { "warn" };
+    // PostgreSQL's notices ("relation … already exists, skipping" from
+    // every instance's migration check) are not news at `info`.
+    let default = if serving {
+        "info,sqlx::postgres::notice=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use tracing_subscriber::layer::SubscriberExt;
@@ -224,13 +230,19 @@ fn init_logging(serving: bool, format: LogFormat) {
     }
 }
 
+/// The database a command wrote to, without its password: said after
+/// every write, so that one made against the wrong database is noticed.
+fn database_of(config: &Config) -> String {
+    bizcall::server::without_password(&config.database.url)
+}
+
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let db = open(&config).await?;
             db.migrate().await?;
-            eprintln!("migrations applied ({})", db.kind());
+            eprintln!("migrations applied (in {})", database_of(&config));
             Ok(())
         }
         Command::Store(cmd) => store(config, cmd).await,
@@ -345,7 +357,11 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
                 }
             }
             db.store_add(&slug, name.trim(), &digits).await?;
-            eprintln!("store {slug} added with numbers {}", digits.join(", "));
+            eprintln!(
+                "store {slug} added with numbers {} (in {})",
+                digits.join(", "),
+                database_of(&config)
+            );
         }
         StoreCommand::Anonymous { slug, state } => {
             let allowed = state == "on";
@@ -353,12 +369,13 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no store {slug:?} (see bizcall store list)");
             }
             eprintln!(
-                "store {slug}: token-less tablets {}",
+                "store {slug}: token-less tablets {} (in {})",
                 if allowed {
                     "may follow its calls (read-only; needs compat.anonymous = true)"
                 } else {
                     "may not follow its calls"
-                }
+                },
+                database_of(&config)
             );
         }
         StoreCommand::List => {
@@ -386,8 +403,10 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
             };
             match checked {
                 Ok(done) => eprintln!(
-                    "imported {} store(s), {} already there unchanged",
-                    done.added, done.unchanged
+                    "imported {} store(s), {} already there unchanged (in {})",
+                    done.added,
+                    done.unchanged,
+                    database_of(&config)
                 ),
                 Err(errors) => {
                     for e in &errors {
@@ -405,7 +424,10 @@ async fn store(config: Config, cmd: StoreCommand) -> anyhow::Result<()> {
             if !db.store_remove(&slug).await? {
                 anyhow::bail!("no store {slug}");
             }
-            eprintln!("store {slug} removed (its tokens are revoked; its calls stay)");
+            eprintln!(
+                "store {slug} removed (its tokens are revoked; its calls stay) (in {})",
+                database_of(&config)
+            );
         }
     }
     Ok(())
@@ -421,8 +443,19 @@ async fn token(config: Config, cmd: TokenCommand) -> anyhow::Result<()> {
             if label.chars().count() > 200 {
                 anyhow::bail!("--label: at most 200 characters");
             }
-            let (id, token) = db.token_issue(&slug, &label).await?;
-            eprintln!("token {id} issued for store {slug}; it is shown only this once");
+            let (id, token) = match db.token_issue(&slug, &label).await {
+                Err(bizcall::db::DbError::Refused(bizcall::db::Refusal::NoStore(_))) => {
+                    anyhow::bail!(
+                        "no store {slug} in {} (bizcall store list shows its stores; BIZCALL_DATABASE__URL or --config picks another database)",
+                        database_of(&config)
+                    )
+                }
+                other => other?,
+            };
+            eprintln!(
+                "token {id} issued for store {slug} (in {}); it is shown only this once",
+                database_of(&config)
+            );
             println!("{token}");
         }
         TokenCommand::List { slug } => {
@@ -444,7 +477,7 @@ async fn token(config: Config, cmd: TokenCommand) -> anyhow::Result<()> {
             if !db.token_revoke(&token_id).await? {
                 anyhow::bail!("no active token {token_id}");
             }
-            eprintln!("token {token_id} revoked");
+            eprintln!("token {token_id} revoked (in {})", database_of(&config));
         }
     }
     Ok(())

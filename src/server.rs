@@ -137,7 +137,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     ));
     let listener = TcpListener::bind(config.server.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e}{}",
+                config.server.listen,
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another program has that port; server.listen, or BIZCALL_SERVER__LISTEN=127.0.0.1:8081, picks another)"
+                } else {
+                    ""
+                }
+            )
+        })?;
     let addr = listener.local_addr()?;
     let identity = Arc::new(crate::presence::Identity::new(addr.port()));
     let trail = crate::trail::Trail::start(db.clone(), identity.id.clone(), shutdown.clone());

@@ -159,6 +159,15 @@ fn bad_input_is_one_line_and_non_zero() {
     assert_ne!(code, 0);
     assert!(err.contains("store a already exists"), "{err}");
 
+    // Every write says where it went; a token for a store of another
+    // database says which database it looked in.
+    let (code, _, err) = run_cli(&["token", "issue", "nosuch", "--label", "x"], &env);
+    assert_ne!(code, 0);
+    assert!(err.contains("no store nosuch in "), "{err}");
+    let (code, _, err) = run_cli(&["token", "issue", "a", "--label", "x"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("(in "), "which database: {err}");
+
     let (code, _, err) = run_cli(&["store", "list"], &[("BIZCALL_BUS__MESSAGE_TTL", "soon")]);
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");

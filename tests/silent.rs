@@ -303,7 +303,6 @@ async fn run(fault: Fault, length: Duration) -> (Verdict, Option<Duration>, Pair
     (verdict, detect, pair)
 }
 
-
 async fn scenario(fault: Fault, length: Duration, name: &str) {
     let (verdict, detect, pair) = run(fault, length).await;
     note_row(&verdict.row(name, &format!("{} s", length.as_secs()), detect));

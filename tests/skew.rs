@@ -157,7 +157,6 @@ async fn calls(pair: &Pair, tag: &str) -> Vec<Posted> {
     posted
 }
 
-
 /// Every call shown once, in time, with the instances' clocks `a_skew`
 /// and `b_skew` seconds off.
 async fn every_call_shown(a_skew: i64, b_skew: i64, name: &str) {

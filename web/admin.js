@@ -238,7 +238,12 @@ async function showTrail() {
   }
   step("Stored at " + when(tr.stored));
   const pub = tr.instances.find((i) => i.publishedAt);
-  step(tr.published ? "Published, confirmed by the broker" + (pub ? " at " + when(pub.publishedAt) : "") : "Not yet confirmed by the broker", "published");
+  const at = pub ? " at " + when(pub.publishedAt) : "";
+  if (tr.bus === "local") {
+    step(tr.published ? "Handed to the in-process bus (one instance, no broker)" + at : "Not yet handed to the in-process bus", "published");
+  } else {
+    step(tr.published ? "Published, confirmed by RabbitMQ" + at : "Not yet confirmed by RabbitMQ", "published");
+  }
   for (const i of tr.instances.filter((i) => i.outcome !== "received")) {
     let text = (i.name || i.instance) + ": " + (OUTCOMES[i.outcome] || i.outcome);
     if (i.outcome === "delivered") {

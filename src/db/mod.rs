@@ -145,7 +145,15 @@ pub enum OpenError {
     Refused(String),
     #[error("no answer from {0} within {secs} s (is the host reachable?)", secs = ACQUIRE_TIMEOUT.as_secs())]
     NoAnswer(String),
-    /// Anything else (authentication, unknown database, a bad SQLite path),
+    #[error("the database {name} does not exist on {at}: create it with `createdb -h {host} -p {port} -U {user} {name}` (or CREATE DATABASE {name}), or point database.url at another")]
+    MissingDatabase {
+        name: String,
+        at: String,
+        host: String,
+        port: u16,
+        user: String,
+    },
+    /// Anything else (authentication, a bad SQLite path),
     /// with the URL, its password hidden.
     #[error("cannot open {url}: {source}")]
     Other { url: String, source: sqlx::Error },
@@ -237,6 +245,16 @@ impl Db {
                     if e.kind() == std::io::ErrorKind::ConnectionRefused =>
                 {
                     return Err(OpenError::Refused(at).into())
+                }
+                Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("3D000") => {
+                    return Err(OpenError::MissingDatabase {
+                        name: opts.get_database().unwrap_or("postgres").to_string(),
+                        at,
+                        host: opts.get_host().to_string(),
+                        port: opts.get_port(),
+                        user: opts.get_username().to_string(),
+                    }
+                    .into())
                 }
                 Ok(Err(e)) => return Err(other(e).into()),
                 Ok(Ok(conn)) => {

@@ -548,6 +548,10 @@ pub async fn call_trail(
         "trail": {
             "stored": time(Some(received_at)),
             "published": published,
+            "bus": match app.config.bus.kind {
+                crate::config::BusKind::Local => "local",
+                crate::config::BusKind::Amqp => "amqp",
+            },
             "instances": instances,
             "firstAck": first_ack,
             "verdict": crate::trail::verdict(acknowledged, published, &trail).as_str(),

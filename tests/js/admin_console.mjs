@@ -121,7 +121,7 @@ try {
   await tablet.click("#ack");
   await page.waitForSelector('#trail-verdict[data-verdict="acknowledged"]', { timeout: 30000 });
   const trail = await page.textContent("#trail-steps");
-  for (const want of ["Received by", "Published, confirmed", "shown on 프런트 태블릿", "First acknowledged by 프런트 태블릿"]) {
+  for (const want of ["Received by", "Handed to the in-process bus (one instance, no broker)", "shown on 프런트 태블릿", "First acknowledged by 프런트 태블릿"]) {
     if (!trail.includes(want)) throw new Error(`trail lacks ${want}: ${trail}`);
   }
   await page.screenshot({ path: artifacts + "/admin-call-trail-laptop.png", fullPage: true });

@@ -1,6 +1,7 @@
 // The tablet page in real headless Chromium (Debian's), driven by
 // playwright-core, at two iPad sizes and a laptop's: typed and QR sign-in,
-// the sound step, a popup whose caller history fills in, a reservation
+// the sound step, a popup whose caller history fills in (afresh on each
+// call from the same number), a reservation
 // prefilled from the last visit, a network drop (offline banner, the shell
 // from the service worker, missed calls once back), and axe-core on every
 // screen. The page is reached through a TCP relay this script can cut.
@@ -155,6 +156,7 @@ try {
     await shot(page, "sound-" + size.name);
     await unlockSound(page);
     await calledOnce(page, size, "010-7000-0001");
+    await calledAgain(page, "010-7000-0001");
     await context.close();
   }
 
@@ -178,6 +180,23 @@ try {
 } finally {
   await browser.close();
   await net.close();
+}
+
+// The caller of `calledOnce` calls twice more: each popup counts the calls
+// before it (the page asks per call; a history kept for the page's life
+// would say "first call" all day).
+async function calledAgain(page, from) {
+  for (const n of [1, 2]) {
+    // A CDR's start time has whole seconds: the next call starts in a later one.
+    await new Promise((r) => setTimeout(r, 1100));
+    simulate(from);
+    await page.waitForSelector("#popup:not([hidden])", { timeout: 30000 });
+    await page.waitForFunction((n) => new RegExp("이전 통화 " + n + "회").test(document.querySelector("#popup-history").textContent),
+      n, { timeout: 30000 }).catch(async () => { throw new Error("call " + (n + 1) + " from " + from + ": " + await text(page, "#popup-history")); });
+    await page.click("#ack");
+    await page.waitForSelector("#popup", { state: "hidden" });
+  }
+  step("history counted afresh on every call");
 }
 
 // A first-time caller at this size: popup, "처음 전화한 고객", axe, screenshot, "확인".

@@ -122,7 +122,8 @@ function showPopup(call) {
   state.popup = call.callId;
   view.showPopup(call);
   if (isNew) {
-    view.renderHistory(state.history.get(call.callerNumber));
+    const known = state.history.get(call.callerNumber);
+    view.renderHistory(known && known.callId === call.callId ? known : undefined);
     lookUp(call);
     chime();
   }
@@ -134,15 +135,19 @@ function closePopup() {
 }
 
 // The caller's history, fetched beside the popup: the popup never waits.
+// Fetched again for every call (each counts the calls before it), so a
+// regular who calls three times is not a first-time caller all day.
 async function lookUp(call) {
-  if (!state.history.has(call.callerNumber)) {
+  const known = state.history.get(call.callerNumber);
+  if (!known || known.callId !== call.callId) {
+    let h;
     try {
       const before = encodeURIComponent(call.startedAt);
-      const h = await api("/customers/" + encodeURIComponent(call.callerNumber) + "?before=" + before);
-      state.history.set(call.callerNumber, h);
+      h = await api("/customers/" + encodeURIComponent(call.callerNumber) + "?before=" + before);
     } catch (_) {
-      state.history.set(call.callerNumber, { failed: true });
+      h = { failed: true };
     }
+    state.history.set(call.callerNumber, Object.assign({ callId: call.callId }, h));
     if (state.popup !== call.callId) return;
   }
   view.renderHistory(state.history.get(call.callerNumber));
