@@ -80,18 +80,41 @@ impl Sample {
     }
 }
 
+/// Descriptors, threads or resident KiB of `pid` from /proc; zero when
+/// the process is gone.
 fn proc_count(pid: u32, what: &str) -> f64 {
-    match what {
-        "fds" => std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) as f64,
-        _ => std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Threads:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0),
-    }
+    let field = match what {
+        "fds" => {
+            return std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) as f64
+        }
+        "rss" => "VmRSS:",
+        _ => "Threads:",
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A gauge of the instance on `port`, zero when it does not answer.
+async fn metric_or_zero(port: u16, name: &str) -> f64 {
+    let Ok(r) = common::http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Least-squares slope of `ys` against `xs`, per hour.
@@ -285,16 +308,15 @@ async fn soak() {
                     at_s: now.as_secs_f64(),
                     ..Sample::default()
                 };
+                // A process gone between listing and reading (a restart)
+                // counts zero, never stops the soak.
                 for pid in pids {
-                    s.rss_mib += std::panic::catch_unwind(|| common::rss_kib(pid))
-                        .map_or(0.0, |k| k as f64 / 1024.0);
+                    s.rss_mib += proc_count(pid, "rss") / 1024.0;
                     s.fds += proc_count(pid, "fds");
                     s.threads += proc_count(pid, "threads");
                 }
                 for p in ports {
-                    s.tasks +=
-                        common::metric(&format!("http://127.0.0.1:{p}"), "bizcall_runtime_tasks")
-                            .await;
+                    s.tasks += metric_or_zero(p, "bizcall_runtime_tasks").await;
                 }
                 s.db_connections = sqlx::query_scalar::<_, i64>(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
@@ -375,7 +397,9 @@ async fn soak() {
     }
     let mut samples = Vec::new();
     for s in samplers {
-        samples.push(s.await.unwrap());
+        if let Ok(s) = s.await {
+            samples.push(s);
+        }
     }
     // Each window's p99 from the tablets' popups.
     let mut timed: Vec<(f64, f64)> = Vec::new();
