@@ -102,6 +102,10 @@ pub struct DatabaseConfig {
     /// the bound of `/readyz`'s database check.
     #[serde(with = "duration_str")]
     pub timeout: Duration,
+    /// How often the fleet jobs (retention, trail prune) run, on one
+    /// instance of the fleet at a time (src/fleet_jobs.rs).
+    #[serde(with = "duration_str")]
+    pub jobs_interval: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -111,6 +115,7 @@ impl Default for DatabaseConfig {
             retention_days: 90,
             pool_size: PG_POOL_SIZE,
             timeout: Duration::from_secs(3),
+            jobs_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -588,6 +593,9 @@ impl Config {
         }
         if self.server.auth_fail_limit > 0 && self.server.auth_fail_window.is_zero() {
             return bad("server.auth_fail_window", "must be more than zero");
+        }
+        if self.database.jobs_interval < Duration::from_secs(1) {
+            return bad("database.jobs_interval", "must be at least \"1s\"");
         }
         if self.bus.message_ttl.is_zero() {
             return bad("bus.message_ttl", "must be more than zero");

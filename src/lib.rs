@@ -46,6 +46,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod fleet_jobs;
 pub mod http;
 pub mod hub;
 pub mod intake;

@@ -90,6 +90,14 @@ fn describe() {
         "CDRs answered 503 because the database did not answer within database.timeout"
     );
     describe_gauge!("bizcall_bus_connected", "1 while the broker link is up");
+    describe_gauge!(
+        "bizcall_fleet_jobs_held",
+        "1 while this instance holds the lease on the fleet jobs (retention, trail prune)"
+    );
+    describe_counter!(
+        "bizcall_fleet_job_runs_total",
+        "runs of the fleet jobs (retention, trail prune) on this instance"
+    );
     describe_counter!(
         "bizcall_database_disk_full_total",
         "CDRs answered 503 because the database's disk was full"
@@ -304,6 +312,12 @@ pub fn relayed(n: u64) {
 }
 pub fn database_timeout() {
     counter!("bizcall_database_timeouts_total").increment(1);
+}
+pub fn fleet_jobs_held(held: bool) {
+    gauge!("bizcall_fleet_jobs_held").set(if held { 1.0 } else { 0.0 });
+}
+pub fn fleet_job_ran() {
+    counter!("bizcall_fleet_job_runs_total").increment(1);
 }
 pub fn disk_full() {
     counter!("bizcall_database_disk_full_total").increment(1);

@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use axum::Router;
-use chrono::Utc;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,7 +31,6 @@ use crate::delivery::Delivery;
 use crate::hub::Hub;
 
 /// How often the retention job looks for old calls.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// The longest a stopping instance waits for tablets to go and requests
 /// to finish before it closes its listeners.
 const DRAIN_FOR: Duration = Duration::from_secs(3);
@@ -225,7 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         describe_bus(&config),
     );
 
-    jobs.spawn(retention(app.clone()));
+    jobs.spawn(crate::fleet_jobs::run(app.clone()));
     jobs.spawn(revocation(app.clone()));
     jobs.spawn(crate::presence::run(
         config.clone(),
@@ -514,29 +512,6 @@ impl Listener {
                     connection.as_mut().graceful_shutdown();
                 }
             }
-        }
-    }
-}
-
-/// Deletes calls older than `database.retention_days`, now and hourly.
-async fn retention(app: App) {
-    loop {
-        let days = i64::from(app.config.database.retention_days);
-        let cutoff = Utc::now() - chrono::Duration::days(days);
-        match app.db.delete_calls_before(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => {
-                crate::metrics::calls_deleted(n);
-                tracing::info!(deleted = n, days, "retention: old calls deleted");
-            }
-            Err(e) => tracing::warn!(error = %e, "retention job failed; will try again"),
-        }
-        if let Err(e) = app.db.trail_prune(crate::db::millis(cutoff)).await {
-            tracing::warn!(error = %e, "retention of delivery trails failed; will try again");
-        }
-        tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RETENTION_EVERY) => {}
         }
     }
 }

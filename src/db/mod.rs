@@ -58,6 +58,7 @@ macro_rules! on_pool {
 
 // After the macro, which they use.
 mod calls;
+mod jobs;
 mod marks;
 mod presence;
 mod reservations;
