@@ -2,7 +2,8 @@
 // (docs/http-api.md, "Admin endpoints") with the admin token as a bearer.
 // The token is kept in sessionStorage (gone with the tab). Nothing is put
 // in the page as HTML: text only, so a store name cannot inject markup.
-"use strict";
+// Numbers are shown as the tablet page shows them (010-1234-5678).
+import { fmtNumber } from "/tablet/views.js";
 
 const $ = (sel) => document.querySelector(sel);
 const state = { token: sessionStorage.getItem("bizcall-admin") || "", stores: [], store: null, call: null, abort: null };
@@ -82,7 +83,7 @@ async function loadStores() {
     open.append(el("span", " (" + s.slug + ")", { class: "muted" }));
     open.addEventListener("click", () => openStore(s.slug));
     name.append(open);
-    tr.append(name, el("td", s.numbers.join(", ") || "—"));
+    tr.append(name, el("td", s.numbers.map(fmtNumber).join(", ") || "—"));
     const n = s.tabletsOnline + s.anonymousTabletsOnline;
     tr.append(el("td", n, { class: n > 0 ? "online tablets" : "offline tablets" }));
     tr.append(el("td", when(s.lastCallAt)));
@@ -123,8 +124,8 @@ async function showStore() {
   const list = $("#numbers");
   list.replaceChildren();
   for (const n of s.numbers) {
-    const li = el("li", n);
-    const rm = el("button", "Remove", { type: "button", "aria-label": "Remove number " + n });
+    const li = el("li", fmtNumber(n));
+    const rm = el("button", "Remove", { type: "button", "aria-label": "Remove number " + fmtNumber(n) });
     rm.addEventListener("click", () => act(() => api("DELETE", "/api/admin/stores/" + encodeURIComponent(slug) + "/numbers/" + encodeURIComponent(n))));
     li.append(rm);
     list.append(li);
@@ -192,7 +193,7 @@ async function loadCalls() {
     open.addEventListener("click", () => openCall(c.callId));
     const first = el("td");
     first.append(open);
-    tr.append(first, el("td", names[c.store] || c.store), el("td", c.callerNumber), el("td", c.status, { class: "status" }), el("td", c.acknowledged ? when(c.acknowledgedAt) : "—"));
+    tr.append(first, el("td", names[c.store] || c.store), el("td", fmtNumber(c.callerNumber)), el("td", c.status, { class: "status" }), el("td", c.acknowledged ? when(c.acknowledgedAt) : "—"));
     body.append(tr);
   }
   $("#calls-empty").hidden = calls.length > 0;
@@ -226,7 +227,7 @@ async function showTrail() {
   if (!state.call) return;
   const t = await api("GET", "/api/admin/calls/" + encodeURIComponent(state.call));
   const tr = t.trail;
-  $("#trail-title").textContent = "Delivery trail: " + t.call.callerNumber + " → " + t.call.store + " (" + t.call.callId + ")";
+  $("#trail-title").textContent = "Delivery trail: " + fmtNumber(t.call.callerNumber) + " → " + t.call.store + " (" + t.call.callId + ")";
   const v = $("#trail-verdict");
   v.dataset.verdict = tr.verdict;
   v.textContent = VERDICTS[tr.verdict] || tr.verdict;

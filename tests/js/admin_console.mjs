@@ -113,6 +113,18 @@ try {
     { encoding: "utf8" }).trim();
   step("simulated " + seq);
   await page.waitForSelector(`#call-table tbody tr[data-call="${seq}"]`, { timeout: 30000 });
+  // Numbers as the tablet shows them; the day filter takes yyyy-mm-dd
+  // (Korea time) whatever the browser's locale.
+  const row = await page.textContent(`#call-table tbody tr[data-call="${seq}"]`);
+  if (!row.includes("010-2222-3333")) throw new Error("number not formatted: " + row);
+  const today = new Date(Date.now() + 9 * 3600e3).toISOString().slice(0, 10);
+  await page.fill("#f-date", today);
+  await page.click('#call-filter button[type="submit"]');
+  await page.waitForSelector(`#call-table tbody tr[data-call="${seq}"]`, { timeout: 30000 });
+  await page.fill("#f-date", "12/05/2026");
+  if (await page.evaluate(() => document.querySelector("#f-date").checkValidity())) throw new Error("mm/dd/yyyy accepted");
+  await page.fill("#f-date", "");
+  step("numbers formatted; day filter in yyyy-mm-dd");
   await page.click(`#call-table tbody tr[data-call="${seq}"] button`);
   await page.waitForSelector("#trail:not([hidden])");
   await page.waitForSelector('#trail-verdict[data-verdict="shown-not-acknowledged"]', { timeout: 30000 });
