@@ -553,6 +553,7 @@ impl Config {
                 "/icon-512.png",
                 "/admin",
                 "/admin.js",
+                "/admin-strings.js",
                 "/admin.css",
             ]
             .contains(&path)

@@ -4,6 +4,7 @@
 // in the page as HTML: text only, so a store name cannot inject markup.
 // Numbers are shown as the tablet page shows them (010-1234-5678).
 import { fmtNumber } from "/tablet/views.js";
+import { T, translatePage } from "/admin-strings.js";
 
 const $ = (sel) => document.querySelector(sel);
 const state = { token: sessionStorage.getItem("bizcall-admin") || "", stores: [], store: null, call: null, abort: null };
@@ -36,7 +37,7 @@ async function api(method, path, body) {
   }
   const r = await fetch(path, init);
   const json = await r.json().catch(() => null);
-  if (r.status === 401) signOut("The admin token was refused.");
+  if (r.status === 401) signOut(T.tokenRefused);
   if (!r.ok) throw new ApiError(r.status, json);
   return json;
 }
@@ -51,7 +52,7 @@ function signOut(why) {
   $("#signin").hidden = false;
   $("#signout").hidden = true;
   $("#signin-error").textContent = why || "";
-  setLive("off", "Signed out");
+  setLive("off", T.signedOut);
 }
 
 async function signIn(token) {
@@ -59,7 +60,7 @@ async function signIn(token) {
   try {
     await loadStores();
   } catch (e) {
-    if (state.token) signOut(e.status === 404 ? "Admin endpoints are off on this server (admin.token is not set)." : e.message);
+    if (state.token) signOut(e.status === 404 ? T.adminOff : e.message);
     return;
   }
   sessionStorage.setItem("bizcall-admin", token);
@@ -92,7 +93,7 @@ async function loadStores() {
   $("#stores-empty").hidden = state.stores.length > 0;
   const pick = $("#f-store");
   const chosen = pick.value;
-  pick.replaceChildren(el("option", "All stores", { value: "" }));
+  pick.replaceChildren(el("option", T.allStores, { value: "" }));
   for (const s of state.stores) pick.append(el("option", s.name + " (" + s.slug + ")", { value: s.slug }));
   pick.value = chosen;
 }
@@ -125,12 +126,12 @@ async function showStore() {
   list.replaceChildren();
   for (const n of s.numbers) {
     const li = el("li", fmtNumber(n));
-    const rm = el("button", "Remove", { type: "button", "aria-label": "Remove number " + fmtNumber(n) });
+    const rm = el("button", T.remove, { type: "button", "aria-label": T.removeNumber(fmtNumber(n)) });
     rm.addEventListener("click", () => act(() => api("DELETE", "/api/admin/stores/" + encodeURIComponent(slug) + "/numbers/" + encodeURIComponent(n))));
     li.append(rm);
     list.append(li);
   }
-  if (!s.numbers.length) list.append(el("li", "No numbers: calls cannot reach this store.", { class: "muted" }));
+  if (!s.numbers.length) list.append(el("li", T.noNumbers, { class: "muted" }));
   await showTokens();
 }
 
@@ -141,16 +142,16 @@ async function showTokens() {
   body.replaceChildren();
   for (const t of tokens) {
     const tr = el("tr", null, { "data-token": t.id });
-    tr.append(el("td", t.label || "(no label)"), el("td", when(t.createdAt)), el("td", when(t.lastSeenAt)));
+    tr.append(el("td", t.label || T.noLabel), el("td", when(t.createdAt)), el("td", when(t.lastSeenAt)));
     if (t.revokedAt) {
-      tr.append(el("td", "revoked " + when(t.revokedAt), { class: "offline online-now" }), el("td"));
+      tr.append(el("td", T.revoked(when(t.revokedAt)), { class: "offline online-now" }), el("td"));
     } else {
       const where = t.instances.map((i) => i.name).join(", ");
       tr.append(el("td", t.online > 0 ? t.online + " (" + where + ")" : "0", { class: (t.online > 0 ? "online" : "offline") + " online-now" }));
       const cell = el("td");
-      const rv = el("button", "Revoke", { type: "button", "aria-label": "Revoke token " + (t.label || t.id) });
+      const rv = el("button", T.revoke, { type: "button", "aria-label": T.revokeToken(t.label || t.id) });
       rv.addEventListener("click", () => {
-        if (confirm("Revoke " + (t.label || t.id) + "? Tablets using it are disconnected within seconds.")) {
+        if (confirm(T.confirmRevoke(t.label || t.id))) {
           act(() => api("DELETE", "/api/admin/tokens/" + encodeURIComponent(t.id)));
         }
       });
@@ -193,26 +194,12 @@ async function loadCalls() {
     open.addEventListener("click", () => openCall(c.callId));
     const first = el("td");
     first.append(open);
-    tr.append(first, el("td", names[c.store] || c.store), el("td", fmtNumber(c.callerNumber)), el("td", c.status, { class: "status" }), el("td", c.acknowledged ? when(c.acknowledgedAt) : "—"));
+    tr.append(first, el("td", names[c.store] || c.store), el("td", fmtNumber(c.callerNumber)), el("td", T.status[c.status] || c.status, { class: "status" }), el("td", c.acknowledged ? when(c.acknowledgedAt) : "—"));
     body.append(tr);
   }
   $("#calls-empty").hidden = calls.length > 0;
 }
 
-const VERDICTS = {
-  "acknowledged": "Shown and acknowledged",
-  "shown-not-acknowledged": "Shown on a tablet, not acknowledged",
-  "slow-consumer": "Not shown: the tablets were dropped as slow consumers",
-  "no-tablet-online": "Not shown: no tablet of the store was online",
-  "expired": "Not shown: the call had expired when it arrived",
-  "not-published": "Stored, not yet published to the bus",
-  "in-flight": "Stored and published; delivery not recorded yet",
-};
-const OUTCOMES = {
-  "delivered": "reached", "no-tablet": "no tablet of the store connected there",
-  "expired": "arrived expired", "slow-consumer": "tablets dropped as slow consumers",
-  "received": "took the CDR in",
-};
 
 async function openCall(id) {
   state.call = id;
@@ -227,37 +214,37 @@ async function showTrail() {
   if (!state.call) return;
   const t = await api("GET", "/api/admin/calls/" + encodeURIComponent(state.call));
   const tr = t.trail;
-  $("#trail-title").textContent = "Delivery trail: " + fmtNumber(t.call.callerNumber) + " → " + t.call.store + " (" + t.call.callId + ")";
+  $("#trail-title").textContent = T.trailTitle(fmtNumber(t.call.callerNumber), t.call.store, t.call.callId);
   const v = $("#trail-verdict");
   v.dataset.verdict = tr.verdict;
-  v.textContent = VERDICTS[tr.verdict] || tr.verdict;
+  v.textContent = T.verdict[tr.verdict] || tr.verdict;
   const steps = $("#trail-steps");
   steps.replaceChildren();
   const step = (text, cls) => steps.append(el("li", text, { class: cls || "" }));
   for (const i of tr.instances.filter((i) => i.receivedAt)) {
-    step("Received by " + (i.name || i.instance) + " at " + when(i.receivedAt), "received");
+    step(T.receivedBy(i.name || i.instance, when(i.receivedAt)), "received");
   }
-  step("Stored at " + when(tr.stored));
+  step(T.storedAt(when(tr.stored)));
   const pub = tr.instances.find((i) => i.publishedAt);
-  const at = pub ? " at " + when(pub.publishedAt) : "";
+  const at = pub ? T.at(when(pub.publishedAt)) : "";
   if (tr.bus === "local") {
-    step(tr.published ? "Handed to the in-process bus (one instance, no broker)" + at : "Not yet handed to the in-process bus", "published");
+    step(tr.published ? T.localPublished(at) : T.localPending, "published");
   } else {
-    step(tr.published ? "Published, confirmed by RabbitMQ" + at : "Not yet confirmed by RabbitMQ", "published");
+    step(tr.published ? T.amqpPublished(at) : T.amqpPending, "published");
   }
   for (const i of tr.instances.filter((i) => i.outcome !== "received")) {
-    let text = (i.name || i.instance) + ": " + (OUTCOMES[i.outcome] || i.outcome);
+    let text = (i.name || i.instance) + ": " + (T.outcome[i.outcome] || i.outcome);
     if (i.outcome === "delivered") {
       const labels = i.shownOn.map((s) => s.label || s.tokenId).join(", ");
-      text += " " + i.tablets + " tablet" + (i.tablets === 1 ? "" : "s") + " at " + when(i.reachedAt) + " — shown on " + labels;
+      text += " " + T.reached(i.tablets, when(i.reachedAt), labels);
     } else {
-      text += " at " + when(i.reachedAt);
+      text += T.at(when(i.reachedAt));
     }
-    if (!i.alive) text += " (instance no longer running)";
+    if (!i.alive) text += T.gone;
     step(text, "instance " + i.outcome);
   }
-  if (tr.firstAck) step("First acknowledged by " + (tr.firstAck.label || tr.firstAck.tokenId) + " at " + when(tr.firstAck.at), "ack");
-  else step("Not acknowledged", "ack muted");
+  if (tr.firstAck) step(T.firstAck(tr.firstAck.label || tr.firstAck.tokenId, when(tr.firstAck.at)), "ack");
+  else step(T.notAcked, "ack muted");
 }
 
 // ---- live updates -----------------------------------------------------
@@ -293,9 +280,9 @@ async function listen() {
   while (!ctl.signal.aborted && state.token) {
     try {
       const r = await fetch("/api/admin/events", { headers: { Authorization: "Bearer " + state.token }, signal: ctl.signal });
-      if (r.status === 401) { signOut("The admin token was refused."); return; }
+      if (r.status === 401) { signOut(T.tokenRefused); return; }
       if (!r.ok) throw new Error("HTTP " + r.status);
-      setLive("live", "Live");
+      setLive("live", T.live);
       backoff = 1000;
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
@@ -316,7 +303,7 @@ async function listen() {
     } catch (e) {
       if (ctl.signal.aborted) return;
     }
-    setLive("reconnecting", "Reconnecting…");
+    setLive("reconnecting", T.reconnecting);
     await new Promise((ok) => setTimeout(ok, backoff + Math.random() * 500));
     backoff = Math.min(backoff * 2, 30000);
   }
@@ -332,6 +319,7 @@ function tab(name) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  translatePage();
   $("#signin-form").addEventListener("submit", (e) => {
     e.preventDefault();
     signIn($("#admin-token").value.trim());
@@ -392,9 +380,7 @@ document.addEventListener("DOMContentLoaded", () => {
       const s = await api("GET", "/api/admin/stores/" + encodeURIComponent(slug));
       const r = s.removal;
       const online = s.tabletsOnline + s.anonymousTabletsOnline;
-      const text = "Remove " + s.name + " (" + slug + ")?\n\nGoes: " + r.numbers + " number(s), " + r.activeTokens +
-        " active token(s)" + (online ? ", and its " + online + " tablet(s) online are disconnected" : "") +
-        ".\nStays: its " + r.callsKept + " call(s) in the call list.";
+      const text = T.confirmRemove(s.name, slug, r, online);
       if (!confirm(text)) return;
       await api("DELETE", "/api/admin/stores/" + encodeURIComponent(slug));
       state.store = null;

@@ -54,6 +54,7 @@ pub fn router(app: App) -> Router {
         .route("/icon-512.png", get(pages::icon_512))
         .route("/admin", get(pages::admin_page))
         .route("/admin.js", get(pages::admin_script))
+        .route("/admin-strings.js", get(pages::admin_strings))
         .route("/admin.css", get(pages::admin_style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

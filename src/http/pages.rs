@@ -32,6 +32,7 @@ pub const TABLET_CSP: &str = "default-src 'none'; script-src 'self'; style-src '
 
 const ADMIN_PAGE: &str = include_str!("../../web/admin.html");
 const ADMIN_SCRIPT: &str = include_str!("../../web/admin.js");
+const ADMIN_STRINGS: &str = include_str!("../../web/admin-strings.js");
 const ADMIN_STYLE: &str = include_str!("../../web/admin.css");
 
 const FAVICON: &str = include_str!("../../web/favicon.svg");
@@ -198,14 +199,12 @@ pub async fn admin_page() -> Response {
 
 /// `GET /admin.js`: the console's script.
 pub async fn admin_script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        ADMIN_SCRIPT,
-    )
-        .into_response()
+    script(ADMIN_SCRIPT)
+}
+
+/// `GET /admin-strings.js`: the console's words, Korean and English.
+pub async fn admin_strings() -> Response {
+    script(ADMIN_STRINGS)
 }
 
 /// `GET /admin.css`: the console's style.

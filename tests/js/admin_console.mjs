@@ -49,7 +49,13 @@ try {
   const page = await ctx.newPage();
   watch(page, "console");
   page.on("dialog", (d) => d.accept());
+  // English when asked (?lang=en); Korean for this ko-KR browser.
+  await page.goto(base + "/admin?lang=en");
+  if ((await page.textContent("h1")) !== "bizcall console") throw new Error("?lang=en: " + await page.textContent("h1"));
   await page.goto(base + "/admin");
+  if ((await page.textContent("h1")) !== "bizcall 콘솔" || (await page.getAttribute("html", "lang")) !== "ko") {
+    throw new Error("not Korean first: " + await page.textContent("h1"));
+  }
   await axe(page, "sign-in");
   await page.fill("#admin-token", "wrong-token");
   await page.click("#signin-form button[type=submit]");
@@ -133,7 +139,7 @@ try {
   await tablet.click("#ack");
   await page.waitForSelector('#trail-verdict[data-verdict="acknowledged"]', { timeout: 30000 });
   const trail = await page.textContent("#trail-steps");
-  for (const want of ["Received by", "Handed to the in-process bus (one instance, no broker)", "shown on 프런트 태블릿", "First acknowledged by 프런트 태블릿"]) {
+  for (const want of ["수신: ", "프로세스 내부 버스에 전달됨 (인스턴스 하나, 브로커 없음)", "표시: 프런트 태블릿", "처음 확인: 프런트 태블릿"]) {
     if (!trail.includes(want)) throw new Error(`trail lacks ${want}: ${trail}`);
   }
   await page.screenshot({ path: artifacts + "/admin-call-trail-laptop.png", fullPage: true });
@@ -142,11 +148,11 @@ try {
 
   // Revoke: the tablet drops, and the console shows it offline.
   await page.click('.tab[data-tab="stores"]');
-  await page.click(`#token-table button[aria-label^="Revoke"]`);
+  await page.click(`#token-table button[aria-label$="폐기"]`);
   await tablet.waitForFunction(() => document.querySelector("#state").dataset.state !== "connected", null, { timeout: 30000 });
   await page.waitForFunction((sel) => document.querySelector(sel + " td.tablets")?.textContent === "0",
     storeRow("gangnam"), { timeout: 30000 });
-  await page.waitForFunction(() => /revoked/.test(document.querySelector("#token-table td.online-now")?.textContent || ""));
+  await page.waitForFunction(() => /폐기됨/.test(document.querySelector("#token-table td.online-now")?.textContent || ""));
   step("revoked tablet dropped");
 
   // iPad sizes: every screen, screenshots and axe.
