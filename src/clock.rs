@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Db;
 use crate::metrics as m;
 
 /// How often the offset is measured again.
@@ -43,15 +42,20 @@ pub fn offset() -> chrono::Duration {
     chrono::Duration::milliseconds(OFFSET_MS.load(Ordering::Relaxed))
 }
 
+/// The database server's clock (ms since the epoch), read once; `None`
+/// when it did not answer.
+pub trait ServerClock: Send + Sync + 'static {
+    fn read(&self) -> impl std::future::Future<Output = Option<i64>> + Send;
+}
+
 /// One measurement: the offset and round trip of the best of `SAMPLES`,
-/// `None` on SQLite or when no sample was good enough.
-async fn measure(db: &Db) -> Option<(i64, Duration)> {
+/// `None` when no sample was good enough.
+async fn measure(server: &impl ServerClock) -> Option<(i64, Duration)> {
     let mut best: Option<(i64, Duration)> = None;
     for _ in 0..SAMPLES {
         let sent = Instant::now();
         let before = Utc::now();
-        let Ok(Ok(Some(server_ms))) = tokio::time::timeout(MAX_ROUND_TRIP, db.clock_ms()).await
-        else {
+        let Ok(Some(server_ms)) = tokio::time::timeout(MAX_ROUND_TRIP, server.read()).await else {
             continue;
         };
         let trip = sent.elapsed();
@@ -66,8 +70,8 @@ async fn measure(db: &Db) -> Option<(i64, Duration)> {
 
 /// Measures once and applies the result; logs a large offset when it
 /// first appears or moves by another `WORTH_A_WARNING`.
-async fn sync(db: &Db, warned: &mut Option<i64>) {
-    let Some((offset, trip)) = measure(db).await else {
+async fn sync(server: &impl ServerClock, warned: &mut Option<i64>) {
+    let Some((offset, trip)) = measure(server).await else {
         return;
     };
     OFFSET_MS.store(offset, Ordering::Relaxed);
@@ -94,13 +98,11 @@ async fn sync(db: &Db, warned: &mut Option<i64>) {
 }
 
 /// Measures the offset now (before the instance takes calls), then keeps
-/// it current in the background until `stop`.
-pub async fn follow(db: Db, stop: CancellationToken) {
-    if matches!(db, Db::Sqlite(_)) {
-        return;
-    }
+/// it current in the background until `stop`. Only for PostgreSQL: on
+/// SQLite the caller does not follow at all.
+pub async fn follow(server: impl ServerClock, stop: CancellationToken) {
     let mut warned = None;
-    sync(&db, &mut warned).await;
+    sync(&server, &mut warned).await;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,7 +110,7 @@ pub async fn follow(db: Db, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => sync(&db, &mut warned).await,
+                _ = tick.tick() => sync(&server, &mut warned).await,
             }
         }
     });

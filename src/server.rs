@@ -122,7 +122,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
     // Event times follow the database's clock (clock.rs), from the first.
-    crate::clock::follow(db.clone(), shutdown.clone()).await;
+    if !matches!(db, Db::Sqlite(_)) {
+        crate::clock::follow(db.clone(), shutdown.clone()).await;
+    }
     let hub = Arc::new(Hub::new(config.clone()));
     // Background jobs, waited for on stop before the bus and the database
     // close (handled events being published are among them).

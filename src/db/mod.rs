@@ -352,3 +352,9 @@ impl Db {
         }
     }
 }
+
+impl crate::clock::ServerClock for Db {
+    async fn read(&self) -> Option<i64> {
+        self.clock_ms().await.ok().flatten()
+    }
+}
