@@ -82,7 +82,7 @@ pub async fn accept(app: &Intake, cdr: &Cdr) -> Outcome {
         }
     };
     let row = match stored {
-        Ok(Upsert::Changed(row)) => row,
+        Ok(Upsert::Changed(row)) => *row,
         Ok(Upsert::Unchanged) => {
             republish_if_unpublished(app, cdr).await;
             return Outcome::Repeat;

@@ -170,6 +170,58 @@ async fn call_list(backend: Backend) {
 }
 on_both_databases!(calls, call_list);
 
+/// A missed call's follow-up: a tablet says it called the customer back;
+/// the first note stands, the list shows who and when, and another store's
+/// token, a missing token and an unknown call are refused.
+async fn call_back(backend: Backend) {
+    let ctx = setup(backend).await;
+    let base = common::base(ctx.server.addr);
+    let missed = [
+        ("seq", "cb-1"),
+        ("sdt", "20261122101500"),
+        ("edt", "20261122101530"),
+        ("fromn", "010-3333-4444"),
+        ("ton", "02"),
+        ("vn", "0501"),
+    ];
+    assert_eq!(common::post_cdr(&base, &missed).await, 200);
+    let back = |token: Option<String>, seq: &'static str| {
+        let url = ctx.url(&format!("/api/stores/a/calls/{seq}/callback"));
+        async move {
+            let mut req = common::http().post(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (_, list) = ctx.get("/api/stores/a/calls", Some(&ctx.token_a)).await;
+    assert_eq!(list[0]["status"], "missed");
+    assert_eq!(list[0]["calledBackAt"], Value::Null);
+
+    assert_eq!(back(None, "cb-1").await.0, 401);
+    assert_eq!(back(Some(ctx.token_b.clone()), "cb-1").await.0, 403);
+    assert_eq!(back(Some(ctx.token_a.clone()), "nosuch").await.0, 404);
+    let (code, call) = back(Some(ctx.token_a.clone()), "cb-1").await;
+    assert_eq!(code, 200, "{call}");
+    assert_eq!(call["calledBackBy"], "t");
+    let first_at = call["calledBackAt"].as_str().unwrap().to_string();
+    // A second tablet's note does not move the first.
+    let second = ctx.server.app.db.token_issue("a", "bay 2").await.unwrap().1;
+    let (code, again) = back(Some(second), "cb-1").await;
+    assert_eq!(code, 200);
+    assert_eq!(again["calledBackBy"], "t");
+    assert_eq!(again["calledBackAt"], first_at.as_str());
+    let (_, list) = ctx.get("/api/stores/a/calls", Some(&ctx.token_a)).await;
+    assert_eq!(list[0]["calledBackBy"], "t");
+    assert_eq!(list[0]["calledBackAt"], first_at.as_str());
+    ctx.finish().await;
+}
+
+on_both_databases!(calls_called_back, call_back);
+
 async fn reservations(backend: Backend) {
     let ctx = setup(backend).await;
     common::post_cdr(

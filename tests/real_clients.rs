@@ -296,8 +296,12 @@ async fn two_tablets_on_two_instances_in_chromium() {
         .unwrap_or_else(|| panic!("{stdout}"))
         .to_string();
     let list = common::get_json(&format!("{}/api/stores/duo/calls", two.base()), &bay).await;
-    assert_eq!(list[0]["callId"], seq.as_str());
-    assert_eq!(list[0]["acknowledgedBy"], "js");
+    // Newest first: the missed call the desk called back, then the one
+    // it took.
+    assert_eq!(list[1]["callId"], seq.as_str());
+    assert_eq!(list[1]["acknowledgedBy"], "js");
+    assert_eq!(list[0]["status"], "missed");
+    assert_eq!(list[0]["calledBackBy"], "js");
     assert!(common::artifacts()
         .join("tablet-two-bay-taken.png")
         .is_file());

@@ -194,7 +194,8 @@ async function loadCalls() {
     open.addEventListener("click", () => openCall(c.callId));
     const first = el("td");
     first.append(open);
-    tr.append(first, el("td", names[c.store] || c.store), el("td", fmtNumber(c.callerNumber)), el("td", T.status[c.status] || c.status, { class: "status" }), el("td", c.acknowledged ? when(c.acknowledgedAt) : "—"));
+    tr.append(first, el("td", names[c.store] || c.store), el("td", fmtNumber(c.callerNumber)), el("td", T.status[c.status] || c.status, { class: "status" }), el("td", c.acknowledged ? when(c.acknowledgedAt) : "—"),
+      el("td", c.calledBackAt ? (c.calledBackBy || "") + " " + when(c.calledBackAt) : c.status === "missed" ? T.notCalledBack : "—"));
     body.append(tr);
   }
   $("#calls-empty").hidden = calls.length > 0;

@@ -25,6 +25,10 @@ pub struct CallRow {
     pub updated_at: i64,
     pub acknowledged_at: Option<i64>,
     pub acknowledged_by: Option<String>,
+    /// A tablet said it called the customer back (a missed call's
+    /// follow-up): when, and its token id.
+    pub called_back_at: Option<i64>,
+    pub called_back_by: Option<String>,
 }
 
 impl CallRow {
@@ -60,7 +64,7 @@ impl CallRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upsert {
     /// A new call, or an update of one: the row as it now is, to publish.
-    Changed(CallRow),
+    Changed(Box<CallRow>),
     /// Nothing changed: the same CDR again, or an update that would move
     /// the status backwards.
     Unchanged,
@@ -86,7 +90,7 @@ impl std::fmt::Display for Conflict {
 }
 
 const CALL_COLUMNS: &str = "seq, store, status, started_at, answered_at, ended_at, caller, \
-     virtual_number, updated_at, acknowledged_at, acknowledged_by";
+     virtual_number, updated_at, acknowledged_at, acknowledged_by, called_back_at, called_back_by";
 
 /// Filters of the console's call list.
 #[derive(Debug, Clone, Default)]
@@ -165,7 +169,7 @@ impl Db {
             .fetch_all(pool)
             .await)?;
         if let Some(row) = changed.into_iter().next() {
-            return Ok(Upsert::Changed(row));
+            return Ok(Upsert::Changed(Box::new(row)));
         }
         let first: Option<(String, Option<String>, String, i64)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT caller, virtual_number, destination, started_at FROM calls WHERE seq = $1",
@@ -315,6 +319,24 @@ impl Db {
 
     /// Marks a call acknowledged by a tablet; only the first ACK counts.
     /// Returns whether this was the first.
+    /// Notes that tablet `tablet` of `store` called the caller of `seq`
+    /// back; the first such note stands. Returns the call, or `None` when
+    /// the store has no such call.
+    pub async fn call_back(&self, seq: &str, store: &str, tablet: &str) -> Result<Option<CallRow>> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE calls SET called_back_at = $1, called_back_by = $2 \
+             WHERE seq = $3 AND store = $4 AND called_back_at IS NULL",
+        )
+        .bind(millis(Utc::now()))
+        .bind(tablet)
+        .bind(seq)
+        .bind(store)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(self.call(seq).await?.filter(|c| c.store == store))
+    }
+
     pub async fn acknowledge_call(&self, seq: &str, store: &str, tablet: &str) -> Result<bool> {
         let n = on_pool!(self, pool => sqlx::query(
             "UPDATE calls SET acknowledged_at = $1, acknowledged_by = $2 \

@@ -464,7 +464,8 @@ pub async fn calls(
     let ttl = app.config.bus.message_ttl;
     let mut ackers: Vec<String> = rows
         .iter()
-        .filter_map(|r| r.acknowledged_by.clone())
+        .flat_map(|r| [r.acknowledged_by.clone(), r.called_back_by.clone()])
+        .flatten()
         .collect();
     ackers.sort();
     ackers.dedup();

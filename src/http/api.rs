@@ -41,6 +41,14 @@ pub fn call_json(
         (Some(_), Some(id)) => Value::String(labels.get(id).cloned().unwrap_or_else(|| id.clone())),
         _ => Value::Null,
     };
+    v["calledBackAt"] = match row.called_back_at {
+        Some(ms) => Value::String(to_utc_millis_string(from_millis(ms))),
+        None => Value::Null,
+    };
+    v["calledBackBy"] = match (row.called_back_at, &row.called_back_by) {
+        (Some(_), Some(id)) => Value::String(labels.get(id).cloned().unwrap_or_else(|| id.clone())),
+        _ => Value::Null,
+    };
     v
 }
 
@@ -79,7 +87,10 @@ pub async fn calls(
     };
     let rows = app.db.calls_for_store(&slug, since, limit).await?;
     let ttl = app.config.bus.message_ttl;
-    let labels: HashMap<String, String> = if rows.iter().any(|r| r.acknowledged_at.is_some()) {
+    let labels: HashMap<String, String> = if rows
+        .iter()
+        .any(|r| r.acknowledged_at.is_some() || r.called_back_at.is_some())
+    {
         app.db
             .token_list(&slug)
             .await?
@@ -93,6 +104,29 @@ pub async fn calls(
         rows.iter().map(|r| call_json(r, ttl, &labels)).collect(),
     ))
     .into_response())
+}
+
+/// `POST /api/stores/{slug}/calls/{seq}/callback`: a tablet of the store
+/// called this (missed) call's customer back. The first note stands; the
+/// answer is the call as the list shows it, with who and when.
+pub async fn call_back(
+    State(app): State<App>,
+    Path((slug, seq)): Path<(String, String)>,
+    client: ClientAddr,
+    bearer: Bearer,
+) -> ApiResult {
+    let tablet = Tablet::authorize(&app, client, bearer, &slug).await?;
+    let Some(row) = app.db.call_back(&seq, &slug, &tablet.0.id).await? else {
+        return Err(ApiError::NotFound("no such call of this store"));
+    };
+    let labels: HashMap<String, String> = app
+        .db
+        .token_list(&slug)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.label))
+        .collect();
+    Ok(Json(call_json(&row, app.config.bus.message_ttl, &labels)).into_response())
 }
 
 fn reservation_json(r: &Reservation) -> Value {

@@ -33,6 +33,10 @@ pub fn router(app: App) -> Router {
         .route(&stomp_path, get(ws::upgrade))
         .route("/api/stores/{slug}", get(api::store))
         .route("/api/stores/{slug}/calls", get(api::calls))
+        .route(
+            "/api/stores/{slug}/calls/{seq}/callback",
+            axum::routing::post(api::call_back),
+        )
         .route("/api/stores/{slug}/customers/{number}", get(api::customer))
         .route(
             "/api/stores/{slug}/reservations",

@@ -114,7 +114,21 @@ function onHandled(ev, ackId) {
 }
 
 function renderCalls() {
-  view.renderCalls(state.calls.values(), state.missed.values(), openReservation);
+  view.renderCalls(state.calls.values(), state.missed.values(), openReservation, callBack, state.onlyMissed);
+}
+
+// "다시 걸었음": this tablet called the customer back. Every tablet of the
+// store sees it at its next look at the list (within seconds while there
+// are missed calls to call back).
+async function callBack(c) {
+  try {
+    const updated = await api("/calls/" + encodeURIComponent(c.callId) + "/callback", { method: "POST" });
+    state.calls.set(c.callId, Object.assign({}, state.calls.get(c.callId) || {}, updated));
+    state.missed.delete(c.callId);
+  } catch (e) {
+    view.notice(e.message || T.unknownError);
+  }
+  renderCalls();
 }
 
 function showPopup(call) {
@@ -297,6 +311,8 @@ $("reserve-open").onclick = () => { const c = state.calls.get(state.popup); ackn
 $("new-reservation").onclick = () => openReservation(null);
 $("reserve-cancel").onclick = view.closeReservation;
 $("missed-clear").onclick = () => { state.missed.clear(); renderCalls(); };
+$("calls-filter").onclick = () => { state.onlyMissed = !state.onlyMissed; renderCalls(); };
+$("followups").onclick = () => { state.onlyMissed = true; renderCalls(); $("missed-section").scrollIntoView(); };
 $("reservation").onsubmit = saveReservation;
 window.addEventListener("online", () => { if (state.token) stomp.nudge(); });
 
@@ -304,7 +320,15 @@ view.tickClock();
 setInterval(() => { view.tickClock(); view.tickOffline(state.downSince); }, 1000);
 // Calls whose popup expired while the server's broker link was down are
 // only in the call list: look again now and then.
-setInterval(() => { if (stomp.open && state.store) refresh(); }, 60000);
+// While missed calls wait to be called back, every 10 s: another tablet's
+// "다시 걸었음" shows here within seconds.
+let lastLook = 0;
+setInterval(() => {
+  const waiting = [...state.calls.values()].some(view.needsCallBack);
+  if (!stomp.open || !state.store || Date.now() - lastLook < (waiting ? 10e3 : 60e3)) return;
+  lastLook = Date.now();
+  refresh();
+}, 1000);
 
 // The page shell stays available when the network blips (never the API).
 if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(() => {});

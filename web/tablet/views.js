@@ -104,19 +104,31 @@ export function renderHistory(h) {
 }
 
 // ---- lists -----------------------------------------------------------------
-function callItem(c, missed, onPick) {
+// A missed call nobody has called back yet.
+export const needsCallBack = (c) => c.status === "missed" && !c.calledBackAt;
+
+function callItem(c, missed, onPick, onCallBack) {
   const li = document.createElement("li");
   li.dataset.callId = c.callId;
   const left = document.createElement("span");
   const num = document.createElement("span"); num.className = "num"; num.textContent = fmtNumber(c.callerNumber);
   const info = document.createElement("span"); info.className = "muted";
   const who = c.acknowledged ? " · " + (c.acknowledgedBy ? T.takenBy(c.acknowledgedBy) : T.acknowledged) : "";
-  info.textContent = " " + fmtTime(c.startedAt) + who;
+  const back = c.calledBackAt ? " · " + T.calledBack(c.calledBackBy, fmtTime(c.calledBackAt)) : "";
+  info.textContent = " " + fmtTime(c.startedAt) + who + back;
   left.append(num, info);
   const st = document.createElement("span");
   st.className = "status " + (missed ? "missed" : c.status);
   st.textContent = missed ? T.missedBadge : fmtStatus(c.status);
   li.append(left, st);
+  if (missed && onCallBack && !c.calledBackAt) {
+    const b = document.createElement("button");
+    b.className = "small call-back";
+    b.textContent = T.callBack;
+    b.onclick = (e) => { e.stopPropagation(); onCallBack(c); };
+    b.onkeydown = (e) => e.stopPropagation();
+    li.append(b);
+  }
   li.tabIndex = 0;
   li.onclick = () => onPick(c);
   li.onkeydown = (e) => { if (e.key === "Enter") onPick(c); };
@@ -127,14 +139,25 @@ const newestFirst = (a, b) => (a.startedAt < b.startedAt ? 1 : -1);
 
 // Today's calls and the missed ones, newest first; `onPick(call)` when one
 // is tapped.
-export function renderCalls(calls, missedCalls, onPick) {
-  const list = [...calls].filter((c) => c.callerNumber).sort(newestFirst);
+// The missed list holds the calls missed while this tablet was away and
+// every missed call nobody has called back; the header counts the latter
+// until each is called back. `onlyMissed` narrows the day's list to them.
+export function renderCalls(calls, missedCalls, onPick, onCallBack, onlyMissed) {
+  const all = [...calls].filter((c) => c.callerNumber);
+  const list = all.filter((c) => !onlyMissed || needsCallBack(c)).sort(newestFirst);
   $("calls").replaceChildren(...list.map((c) => callItem(c, false, onPick)));
   $("calls-empty").hidden = list.length > 0;
-  const missed = [...missedCalls].sort(newestFirst);
-  $("missed").replaceChildren(...missed.map((c) => callItem(c, true, onPick)));
+  const byId = new Map([...missedCalls].map((c) => [c.callId, c]));
+  for (const c of all) if (needsCallBack(c)) byId.set(c.callId, c);
+  const missed = [...byId.values()].sort(newestFirst);
+  $("missed").replaceChildren(...missed.map((c) => callItem(c, true, onPick, onCallBack)));
   $("missed-count").textContent = missed.length ? String(missed.length) : "";
   $("missed-section").hidden = missed.length === 0;
+  const open = all.filter(needsCallBack).length;
+  $("followups").hidden = open === 0;
+  $("followups").textContent = T.followups(open);
+  $("calls-filter").setAttribute("aria-pressed", String(!!onlyMissed));
+  $("calls-filter").textContent = onlyMissed ? T.filterAll : T.filterMissed;
 }
 
 export function renderReservations(list) {
