@@ -359,3 +359,90 @@ async fn a_fresh_instance_is_plain_to_a_newcomer() {
     assert!(status.success(), "{status:?}: {}", server.log_text());
     broker.cleanup().await;
 }
+
+/// Every write says which database it went to, on both databases, and a
+/// token for a store that database lacks says where it looked (a token
+/// issued into ./bizcall.db while a cluster runs on PostgreSQL was silent).
+async fn writes_name_their_database(backend: common::Backend) {
+    let db = common::TestDb::new(backend).await;
+    let env = [("BIZCALL_DATABASE__URL", db.url())];
+    let shown = bizcall::server::without_password(db.url());
+    let (code, _, err) = run_cli(
+        &["store", "add", "w", "--name", "W", "--number", "0509"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("(in {shown})")), "{err}");
+    let (code, out, err) = run_cli(&["token", "issue", "w", "--label", "desk"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty());
+    assert!(err.contains(&format!("(in {shown})")), "{err}");
+    let (code, out, err) = run_cli(&["token", "issue", "nosuch"], &env);
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!("no store nosuch in {shown}"))
+            && err.contains("BIZCALL_DATABASE__URL"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&["store", "remove", "w"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("(in {shown})")), "{err}");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_name_their_database_sqlite() {
+    writes_name_their_database(common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_name_their_database_postgres() {
+    writes_name_their_database(common::Backend::Postgres).await;
+}
+
+/// The fix is in the error: a PostgreSQL database that does not exist
+/// gives the createdb line; a port in use names the setting that moves it;
+/// a mistyped key names the variable typed and the key meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_errors_say_how_to_fix_them() {
+    let admin = common::TestDb::new(common::Backend::Postgres).await;
+    let mut missing = url::Url::parse(admin.url()).unwrap();
+    missing.set_path("bizcall_no_such_database");
+    let (code, _, err) = run_cli(
+        &["store", "list"],
+        &[("BIZCALL_DATABASE__URL", missing.as_str())],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not exist")
+            && err.contains("createdb")
+            && err.contains("bizcall_no_such_database"),
+        "{err}"
+    );
+    admin.cleanup().await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/b.db", dir.path().display());
+    let (code, _, err) = run_cli(
+        &["serve"],
+        &[
+            ("BIZCALL_SERVER__LISTEN", at.as_str()),
+            ("BIZCALL_DATABASE__URL", url.as_str()),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("server.listen") && err.contains(&at), "{err}");
+
+    let (code, _, err) = run_cli(
+        &["store", "list"],
+        &[("BIZCALL_SERVER__LISTN", "127.0.0.1:1")],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("BIZCALL_SERVER__LISTN") && err.contains("did you mean listen?"),
+        "{err}"
+    );
+}
