@@ -192,15 +192,18 @@ fn one_line(err: &anyhow::Error) -> String {
 /// Logs go to standard error, as text or one JSON object per line
 /// (`log.format`); `RUST_LOG` picks the level.
 fn init_logging(serving: bool, format: LogFormat) {
-    // PostgreSQL's notices ("relation … already exists, skipping" from
-    // every instance's migration check) are not news at `info`.
-    let default = if serving {
-        "info,sqlx::postgres::notice=warn"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let default = if serving { "info" } else { "warn" };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // PostgreSQL's notices ("relation … already exists, skipping" from
+    // every instance's migration check) are not news at `info`, unless
+    // RUST_LOG asks about sqlx itself.
+    let asks_about_sqlx = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx"));
+    if !asks_about_sqlx {
+        if let Ok(quiet) = "sqlx::postgres::notice=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // Some libraries log secrets at `trace` (whole WebSocket frames): those
