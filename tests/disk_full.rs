@@ -71,23 +71,7 @@ impl Drop for SmallDisk {
 }
 
 async fn post(base: &str, seq: &str) -> (u16, Option<String>) {
-    let r = common::http()
-        .post(format!("{base}/bizcall/cdr"))
-        .form(&[
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "010-2222-3333"),
-            ("ton", "0299990000"),
-            ("vn", VN),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (r.status().as_u16(), retry)
+    common::post_call_answer(base, seq, VN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,6 +150,9 @@ async fn a_full_disk_is_503_never_ok_and_everything_works_once_space_returns() {
         stored.len(),
         30,
         "5 before, 5 after, 20 retried: {stored:?}"
+    );
+    common::checker::note_row(
+        "| SQLite's disk full (a tmpfs filled to the last byte) | 20 CDRs | at once (`SQLITE_FULL`) | every CDR `503` + `Retry-After`, none `OK` | — | the tablet stayed connected; 25 / 25 shown once space returned / 0 / 0; the 20 refused stored on retry; `integrity_check` ok | 0 |",
     );
     pool.close().await;
 }

@@ -135,27 +135,7 @@ impl Drop for OwnPostgres {
 }
 
 async fn post(base: &str, seq: &str) -> (u16, Option<String>) {
-    let r = common::http()
-        .post(format!("{base}/bizcall/cdr"))
-        .form(&[
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "010-2222-3333"),
-            ("ton", "0299990000"),
-            ("vn", VN),
-        ])
-        .send()
-        .await;
-    match r {
-        Ok(r) => {
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
-            (r.status().as_u16(), retry)
-        }
-        Err(_) => (0, None),
-    }
+    common::post_call_answer(base, seq, VN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -399,23 +399,8 @@ async fn a_broker_that_resets_and_refuses_the_webhooks_instance_loses_nothing() 
 /// how long the answer took.
 async fn post_timed(base: &str, seq: &str) -> (u16, Option<String>, Duration) {
     let started = Instant::now();
-    let r = common::http()
-        .post(format!("{base}/bizcall/cdr"))
-        .form(&[
-            ("seq", seq),
-            ("sdt", "20261122101500"),
-            ("fromn", "010-2222-3333"),
-            ("ton", "0299990000"),
-            ("vn", VN),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (r.status().as_u16(), retry, started.elapsed())
+    let (status, retry) = common::post_call_answer(base, seq, VN).await;
+    (status, retry, started.elapsed())
 }
 
 /// A's PostgreSQL stops answering (blackholed), then answers 2 s late per

@@ -538,6 +538,33 @@ pub async fn post_cdr(base: &str, fields: &[(&str, &str)]) -> u16 {
     }
 }
 
+/// `post_call`, with the answer's `Retry-After` too; a request that got no
+/// answer at all is status 0.
+pub async fn post_call_answer(base: &str, seq: &str, vn: &str) -> (u16, Option<String>) {
+    let r = http()
+        .post(format!("{base}/bizcall/cdr"))
+        .form(&[
+            ("seq", seq),
+            ("sdt", "20261122101500"),
+            ("fromn", "010-2222-3333"),
+            ("ton", "0299990000"),
+            ("vn", vn),
+        ])
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            (r.status().as_u16(), retry)
+        }
+        Err(_) => (0, None),
+    }
+}
+
 /// Posts a ringing CDR for the store number `vn` (from 010-2222-3333 to
 /// 0299990000, on 2026-11-22 10:15); returns the status code.
 pub async fn post_call(base: &str, seq: &str, vn: &str) -> u16 {
