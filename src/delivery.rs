@@ -265,8 +265,14 @@ impl Delivery {
 
 #[async_trait]
 impl EventHandler for Delivery {
+    /// An event from the bus reaches the tablets connected before its
+    /// change was stored (`publishedAt` is the change's time, kept by every
+    /// republish), as one read from the database does: a tablet that
+    /// connected later read the call from its call list, and may have shown
+    /// it on another instance already, whose queue brought it sooner.
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError> {
-        self.deliver(event, |t| t.subscribed())
+        let stored_ms = event.published_at.timestamp_millis();
+        self.deliver(event, |t| t.subscribed() && t.since_ms <= stored_ms)
     }
 
     /// A tablet took a call: every other subscribed tablet of its store
@@ -380,7 +386,7 @@ impl Delivery {
             }
         }
         if let Some(trail) = self.trail() {
-            let tokens = targets.iter().map(|t| &t.token_id[..]);
+            let tokens = targets.iter().map(|t| &t.token_id);
             trail.reached(event.call_id(), tokens, slow);
         }
         Ok(handled)

@@ -44,9 +44,9 @@ pub enum Crowded {
 #[derive(Debug)]
 pub struct Tablet {
     pub id: u64,
-    /// When it connected (wall clock, ms since the epoch): a change stored
-    /// before then reaches it through the call list it reads on connecting,
-    /// not through the relay.
+    /// When it connected (the instance's clock, ms since the epoch): a
+    /// change stored before then reaches it through the call list it reads
+    /// on connecting, not as a popup from the bus or the relay.
     pub since_ms: i64,
     /// The token's store; empty for an anonymous tablet.
     pub store: String,
