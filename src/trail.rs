@@ -15,7 +15,7 @@
 //! the store reach it), so trail rows follow where calls were received and
 //! shown, not calls × instances.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,13 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long a call's trail stays in memory after its last change (updates
 /// of one call arrive over its ringing and talking time).
 const KEEP_MS: i64 = 10 * 60 * 1000;
+/// How long the part of a call that does not concern this instance (never
+/// received here, no tablet of its store here) stays in memory: long
+/// enough for the receiving instance's own `received` to follow its bus
+/// delivery. With fanout every instance sees every call, so keeping these
+/// as long as `KEEP_MS` grew each instance by the fleet's whole call rate
+/// times ten minutes (120,000 entries, 60 MiB, at 200 calls/s).
+const KEEP_UNCONCERNED_MS: i64 = 60 * 1000;
 
 /// Why a call did or did not reach tablets on one instance; the strongest
 /// seen wins (a later delivery outranks an earlier "no tablet").
@@ -130,10 +137,24 @@ struct Entry {
     last_at: Option<i64>,
     events: i64,
     tablets: i64,
-    tokens: BTreeSet<String>,
+    /// Token ids reached, sorted, each once (shared with the tablets).
+    tokens: Vec<Arc<str>>,
     outcome: Outcome,
     dirty: bool,
+    /// Ever to be written: received here, or reached tablets here.
+    concerned: bool,
     touched: i64,
+}
+
+impl Entry {
+    fn kept(&self, now: i64) -> bool {
+        let keep = if self.concerned {
+            KEEP_MS
+        } else {
+            KEEP_UNCONCERNED_MS
+        };
+        self.dirty || now - self.touched < keep
+    }
 }
 
 /// This instance's part of recent calls' trails, written in batches.
@@ -187,6 +208,7 @@ impl Trail {
         change(e, now);
         if write || e.received_at.is_some() {
             e.dirty = true;
+            e.concerned = true;
         }
         e.touched = now;
     }
@@ -214,7 +236,7 @@ impl Trail {
 
     /// An event of `seq` was queued for the tablets of `tokens` here
     /// (none: no tablet online), `slow` of which were dropped as slow.
-    pub fn reached<'a>(&self, seq: &str, tokens: impl Iterator<Item = &'a str>, slow: usize) {
+    pub fn reached<'a>(&self, seq: &str, tokens: impl Iterator<Item = &'a Arc<str>>, slow: usize) {
         let mut tokens = tokens.peekable();
         let any = tokens.peek().is_some();
         self.note(seq, any, |e, now| {
@@ -223,8 +245,8 @@ impl Trail {
             let mut queued = 0i64;
             for t in tokens {
                 queued += 1;
-                if !e.tokens.contains(t) {
-                    e.tokens.insert(t.to_string());
+                if let Err(at) = e.tokens.binary_search(t) {
+                    e.tokens.insert(at, t.clone());
                 }
             }
             let delivered = queued - slow as i64;
@@ -243,7 +265,10 @@ impl Trail {
 
     /// Writes what changed since the last batch; forgets old calls.
     pub async fn flush(&self) {
-        let now = now_millis();
+        self.flush_at(now_millis()).await;
+    }
+
+    async fn flush_at(&self, now: i64) {
         let rows: Vec<TrailRow> = {
             let mut all = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             let rows = all
@@ -260,13 +285,16 @@ impl Trail {
                         last_at: e.last_at,
                         events: e.events,
                         tablets: e.tablets,
-                        token_ids: serde_json::to_string(&e.tokens).unwrap_or_else(|_| "[]".into()),
+                        token_ids: serde_json::to_string(
+                            &e.tokens.iter().map(|t| &**t).collect::<Vec<&str>>(),
+                        )
+                        .unwrap_or_else(|_| "[]".into()),
                         outcome: e.outcome.as_str().to_string(),
                         updated_at: now,
                     }
                 })
                 .collect();
-            all.retain(|_, e| e.dirty || now - e.touched < KEEP_MS);
+            all.retain(|_, e| e.kept(now));
             rows
         };
         if rows.is_empty() {
@@ -325,7 +353,7 @@ mod tests {
         // Expired with a tablet of its store here: written.
         trail.expired("late", true);
         // Shown here: written.
-        trail.reached("shown", ["tok_a"].into_iter(), 0);
+        trail.reached("shown", [Arc::from("tok_a")].iter(), 0);
         let all = ["other", "old", "mine", "late", "shown"];
         let rows = written(&trail, &db, &all).await;
         assert_eq!(
@@ -341,6 +369,39 @@ mod tests {
         trail.received("other", 2, true);
         let rows = written(&trail, &db, &["other"]).await;
         assert_eq!(rows, vec![("other".to_string(), "no-tablet".to_string())]);
+        stop.cancel();
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn what_does_not_concern_this_instance_is_forgotten_sooner() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/trail.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let stop = CancellationToken::new();
+        let trail = Trail::start(db.clone(), "i-test".into(), stop.clone());
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("tok_a"), Arc::from("tok_b"));
+        trail.reached("other", std::iter::empty(), 0);
+        trail.received("mine", 1, true);
+        trail.reached("shown", [b.clone(), a.clone()].iter(), 0);
+        trail.reached("shown", [a.clone()].iter(), 0);
+        let now = now_millis();
+        trail.flush_at(now).await;
+        let held = |t: &Trail| {
+            let mut seqs: Vec<String> = t.entries.lock().unwrap().keys().cloned().collect();
+            seqs.sort();
+            seqs
+        };
+        assert_eq!(held(&trail), ["mine", "other", "shown"]);
+        let rows = db.trail("shown").await.unwrap();
+        assert_eq!(rows[0].token_ids, r#"["tok_a","tok_b"]"#);
+        assert_eq!(rows[0].events, 2);
+        trail.flush_at(now + KEEP_UNCONCERNED_MS + 1).await;
+        assert_eq!(held(&trail), ["mine", "shown"]);
+        trail.flush_at(now + KEEP_MS + 1).await;
+        assert!(held(&trail).is_empty());
         stop.cancel();
         db.close().await;
     }
