@@ -35,6 +35,10 @@ const CHURN: Duration = Duration::from_secs(200);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Slopes are taken after this warm-up.
 const WARM_UP: Duration = Duration::from_secs(300);
+/// An instance's memory is judged once it is this old: the delivery trail
+/// keeps each call it showed for ten minutes, so memory rises for that
+/// long after every start, by design.
+const SETTLE: Duration = Duration::from_secs(11 * 60);
 const SERIES: &str = "0508000";
 
 fn env_secs(name: &str, default: u64) -> Duration {
@@ -56,6 +60,8 @@ struct Sample {
     tasks: f64,
     db_connections: f64,
     p99_ms: f64,
+    /// Per running instance: (instance, its life, age in s, RSS in MiB).
+    each: Vec<(usize, usize, f64, f64)>,
 }
 
 const SERIES_NAMES: [&str; 6] = [
@@ -115,6 +121,32 @@ async fn metric_or_zero(port: u16, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The slope per hour of each instance's resident memory once it is
+/// `settle` old, fitted across all its lives at once (least squares with
+/// an intercept per life: restarts do not count as growth); with the
+/// number of samples it used.
+fn settled_rss_slope(samples: &[Sample], settle: f64) -> (f64, usize) {
+    let mut lives: std::collections::HashMap<(usize, usize), Vec<(f64, f64)>> =
+        std::collections::HashMap::new();
+    for s in samples {
+        for &(i, life, age, rss) in &s.each {
+            if age >= settle && rss > 0.0 {
+                lives.entry((i, life)).or_default().push((s.at_s, rss));
+            }
+        }
+    }
+    let (mut num, mut den, mut n) = (0.0, 0.0, 0);
+    for points in lives.values() {
+        let k = points.len() as f64;
+        let mx = points.iter().map(|p| p.0).sum::<f64>() / k;
+        let my = points.iter().map(|p| p.1).sum::<f64>() / k;
+        num += points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>();
+        den += points.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>();
+        n += points.len();
+    }
+    (if den == 0.0 { 0.0 } else { num / den * 3600.0 }, n)
 }
 
 /// Least-squares slope of `ys` against `xs`, per hour.
@@ -205,6 +237,8 @@ struct Fleet {
     env: Vec<(String, String)>,
     ports: Vec<u16>,
     instances: Vec<Option<Instance>>,
+    /// Per instance: when its current life began, and which life it is.
+    lives: Vec<(Instant, usize)>,
 }
 
 impl Fleet {
@@ -216,13 +250,19 @@ impl Fleet {
         ));
         env.push(("RUST_LOG".into(), "warn,bizcall::server=info".into()));
         self.instances[i] = Some(Instance::spawn(self.dir.path(), &common::env_refs(&env)));
+        self.lives[i] = (Instant::now(), self.lives[i].1 + 1);
     }
 
-    fn pids(&self) -> Vec<u32> {
+    /// (instance, life, age in s, pid) of each running instance.
+    fn members(&self) -> Vec<(usize, usize, f64, u32)> {
         self.instances
             .iter()
-            .flatten()
-            .map(|i| i.child.id())
+            .enumerate()
+            .filter_map(|(i, inst)| {
+                let (born, life) = self.lives[i];
+                inst.as_ref()
+                    .map(|inst| (i, life, born.elapsed().as_secs_f64(), inst.child.id()))
+            })
             .collect()
     }
 }
@@ -253,6 +293,7 @@ async fn soak() {
         env,
         ports: (0..3).map(|_| common::free_port()).collect(),
         instances: vec![None, None, None],
+        lives: vec![(Instant::now(), 0); 3],
     };
     for i in 0..3 {
         fleet.start_instance(i);
@@ -297,8 +338,8 @@ async fn soak() {
         let now = started.elapsed();
         if now >= next_sample {
             next_sample += SAMPLE_EVERY;
-            let (pids, ports, raw, db_name) = (
-                fleet.pids(),
+            let (members, ports, raw, db_name) = (
+                fleet.members(),
                 fleet.ports.clone(),
                 raw.clone(),
                 db_name.clone(),
@@ -310,8 +351,10 @@ async fn soak() {
                 };
                 // A process gone between listing and reading (a restart)
                 // counts zero, never stops the soak.
-                for pid in pids {
-                    s.rss_mib += proc_count(pid, "rss") / 1024.0;
+                for (i, life, age, pid) in members {
+                    let rss = proc_count(pid, "rss") / 1024.0;
+                    s.rss_mib += rss;
+                    s.each.push((i, life, age, rss));
                     s.fds += proc_count(pid, "fds");
                     s.threads += proc_count(pid, "threads");
                 }
@@ -433,13 +476,20 @@ async fn soak() {
 
     let dir = common::artifacts().join("soak");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut csv = String::from("seconds,rss_mib,fds,threads,tasks,db_connections,p99_ms\n");
+    let mut csv = String::from(
+        "seconds,rss_mib,fds,threads,tasks,db_connections,p99_ms,rss_mib_0,rss_mib_1,rss_mib_2\n",
+    );
     for s in &samples {
-        let _ = writeln!(
+        let _ = write!(
             csv,
             "{:.0},{:.1},{},{},{},{},{:.1}",
             s.at_s, s.rss_mib, s.fds, s.threads, s.tasks, s.db_connections, s.p99_ms
         );
+        for i in 0..3 {
+            let rss = s.each.iter().find(|e| e.0 == i).map_or(0.0, |e| e.3);
+            let _ = write!(csv, ",{rss:.1}");
+        }
+        csv.push('\n');
     }
     std::fs::write(dir.join("soak.csv"), csv).unwrap();
     std::fs::write(dir.join("soak.svg"), svg(&samples, &events)).unwrap();
@@ -464,6 +514,11 @@ async fn soak() {
             slope_per_hour(&xs, &ys)
         );
     }
+    let settle = SETTLE.as_secs_f64().min(length.as_secs_f64() / 3.0);
+    let (slope, used) = settled_rss_slope(&samples, settle);
+    println!(
+        "\nresident memory of each instance at least {settle:.0} s old ({used} samples): {slope:+.2} MiB per hour"
+    );
     println!("\nsamples: {}", dir.display());
 
     assert!(
