@@ -41,7 +41,8 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A database of its own for one test, removed by `cleanup`.
+/// A database of its own for one test, removed by `cleanup`, or when it is
+/// dropped without (a test that failed).
 pub enum TestDb {
     Sqlite {
         url: String,
@@ -101,13 +102,52 @@ impl TestDb {
         db
     }
 
-    pub async fn cleanup(self) {
-        if let TestDb::Postgres { name, .. } = &self {
-            if let Ok(Db::Postgres(pool)) = Db::connect(&pg_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&pool)
-                    .await;
-                pool.close().await;
+    pub async fn cleanup(mut self) {
+        if let TestDb::Postgres { name, .. } = &mut self {
+            drop_database(name).await;
+            // Dropped: nothing left for `Drop`.
+            name.clear();
+        }
+    }
+}
+
+async fn drop_database(name: &str) {
+    if let Ok(Db::Postgres(pool)) = Db::connect(&pg_admin_url()).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+}
+
+/// Runs `work` to its end (at most `limit`) on a runtime of its own in a
+/// thread of its own: `Drop` may run inside the test's runtime, which
+/// cannot be blocked on.
+fn run_aside<F>(limit: Duration, work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(limit, work).await;
+            });
+        }
+    })
+    .join();
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { name, .. } = self {
+            if !name.is_empty() {
+                let name = std::mem::take(name);
+                run_aside(Duration::from_secs(10), async move {
+                    drop_database(&name).await;
+                });
             }
         }
     }
@@ -308,6 +348,9 @@ pub struct Broker {
     pub prefix: String,
     pub dlx: String,
     pub dlq: String,
+    /// Set by `cleanup`; otherwise `Drop` deletes the names (a test that
+    /// failed).
+    cleaned: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -326,6 +369,7 @@ impl Broker {
             prefix: format!("bizcall-test-q-{id}"),
             dlx: format!("bizcall-test-dlx-{id}"),
             dlq: format!("bizcall-test-dlq-{id}"),
+            cleaned: Default::default(),
         }
     }
 
@@ -408,19 +452,51 @@ impl Broker {
     }
 
     pub async fn cleanup(&self) {
+        self.cleaned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let (conn, ch) = self.channel().await;
-        let _ = ch
-            .queue_delete(self.dlq.as_str().into(), Default::default())
-            .await;
-        let _ = ch
-            .exchange_delete(self.dlx.as_str().into(), Default::default())
-            .await;
-        for exchange in [self.exchange.clone(), self.routed_exchange()] {
-            let _ = ch
-                .exchange_delete(exchange.as_str().into(), Default::default())
-                .await;
-        }
+        delete_names(&ch, &self.names()).await;
         let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// The dead-letter queue, then the exchanges.
+    fn names(&self) -> [String; 4] {
+        [
+            self.dlq.clone(),
+            self.dlx.clone(),
+            self.exchange.clone(),
+            self.routed_exchange(),
+        ]
+    }
+}
+
+/// Deletes the dead-letter queue and the exchanges of `Broker::names`.
+async fn delete_names(ch: &lapin::Channel, names: &[String; 4]) {
+    let _ = ch
+        .queue_delete(names[0].as_str().into(), Default::default())
+        .await;
+    for exchange in &names[1..] {
+        let _ = ch
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.cleaned.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let (url, names) = (self.url.clone(), self.names());
+        run_aside(Duration::from_secs(5), async move {
+            let props = lapin::ConnectionProperties::default();
+            if let Ok(conn) = lapin::Connection::connect(&url, props).await {
+                if let Ok(ch) = conn.create_channel().await {
+                    delete_names(&ch, &names).await;
+                }
+                let _ = conn.close(200, "done".into()).await;
+            }
+        });
     }
 }
 
