@@ -265,11 +265,12 @@ impl Delivery {
 
 #[async_trait]
 impl EventHandler for Delivery {
-    /// An event from the bus reaches the tablets connected before its
-    /// change was stored (`publishedAt` is the change's time, kept by every
-    /// republish), as one read from the database does: a tablet that
-    /// connected later read the call from its call list, and may have shown
-    /// it on another instance already, whose queue brought it sooner.
+    /// An event from the bus reaches the tablets connected before it was
+    /// first published (`publishedAt`: moments after its change was stored,
+    /// kept by the outbox's republish), as one read from the database does:
+    /// a tablet that connected later read the call from its call list, and
+    /// may have shown it on another instance already, whose queue brought
+    /// it sooner.
     async fn handle(&self, event: CallEvent) -> Result<Handled, HandleError> {
         let stored_ms = event.published_at.timestamp_millis();
         self.deliver(event, |t| t.subscribed() && t.since_ms <= stored_ms)

@@ -19,6 +19,8 @@ pub struct TabletLog {
     pub popups: HashMap<String, usize>,
     /// When each popup arrived (for the gaps between them).
     pub arrivals: Vec<Instant>,
+    /// When each call's first popup arrived.
+    pub first_at: HashMap<String, Instant>,
     /// Calls found in the call list after a (re)connect.
     pub recovered: HashSet<String>,
     pub foreign: Vec<String>,
@@ -211,6 +213,7 @@ pub async fn run_tablet(
                         l.timed.push((Instant::now(), ms));
                     }
                     l.arrivals.push(Instant::now());
+                    l.first_at.entry(id.clone()).or_insert_with(Instant::now);
                     *l.popups.entry(id).or_default() += 1;
                 }
                 Polled::Frame(_) => break, // ERROR (server restart…): reconnect
