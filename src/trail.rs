@@ -323,6 +323,18 @@ mod tests {
         assert!(Outcome::SlowConsumer > Outcome::NoTablet);
     }
 
+    /// A trail writing to a new SQLite database (kept in the directory).
+    async fn started() -> (tempfile::TempDir, Db, CancellationToken, Arc<Trail>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/trail.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let stop = CancellationToken::new();
+        let trail = Trail::start(db.clone(), "i-test".into(), stop.clone());
+        (dir, db, stop, trail)
+    }
+
     /// Rows written by one batch, on a real SQLite database.
     async fn written(trail: &Trail, db: &Db, seqs: &[&str]) -> Vec<(String, String)> {
         trail.flush().await;
@@ -337,13 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_that_do_not_concern_this_instance_stay_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite://{}/trail.db", dir.path().display()))
-            .await
-            .unwrap();
-        db.migrate().await.unwrap();
-        let stop = CancellationToken::new();
-        let trail = Trail::start(db.clone(), "i-test".into(), stop.clone());
+        let (_dir, db, stop, trail) = started().await;
         // Consumed here, no tablet, not received here: not written.
         trail.reached("other", std::iter::empty(), 0);
         trail.expired("old", false);
@@ -375,13 +381,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_does_not_concern_this_instance_is_forgotten_sooner() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!("sqlite://{}/trail.db", dir.path().display()))
-            .await
-            .unwrap();
-        db.migrate().await.unwrap();
-        let stop = CancellationToken::new();
-        let trail = Trail::start(db.clone(), "i-test".into(), stop.clone());
+        let (_dir, db, stop, trail) = started().await;
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("tok_a"), Arc::from("tok_b"));
         trail.reached("other", std::iter::empty(), 0);
         trail.received("mine", 1, true);

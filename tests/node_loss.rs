@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fleet::{add_stores, provider_post, start_tablets, vn, SentAt, Tablet, Tally};
-use common::rabbit::{Listen, Nodes};
+use common::rabbit::Nodes;
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -78,19 +78,7 @@ fn check_alive(instances: &mut [Instance]) {
 /// A gauge of the instance at `base`; -1 while it does not answer (busy
 /// with thousands of tablets connecting on two cores).
 async fn gauge(base: &str, name: &str) -> f64 {
-    let Ok(r) = common::http()
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-    else {
-        return -1.0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric_if_up(base, name).await.unwrap_or(-1.0)
 }
 
 /// One call of the traffic: its id, its store's index, when it was posted,
@@ -145,19 +133,7 @@ async fn store_routing_through_a_node_loss_at_growing_sizes() {
         .max()
         .expect("BIZCALL_NODE_LOSS_STORES lists sizes");
     let started = Instant::now();
-    let nodes = Arc::new(Mutex::new(Nodes::new()));
-    blocking({
-        let nodes = nodes.clone();
-        move || {
-            let mut n = nodes.lock().unwrap();
-            for _ in 0..3 {
-                n.add(Listen::Plain);
-            }
-            n.wait_all();
-            n.cluster();
-        }
-    })
-    .await;
+    let nodes = Arc::new(Mutex::new(blocking(|| Nodes::clustered(3)).await));
     println!(
         "[{:>5.0}s] three nodes up and clustered",
         started.elapsed().as_secs_f64()

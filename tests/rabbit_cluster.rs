@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fleet::{add_stores, print_cdr_rows, provider_post, start_tablets, vn, SentAt, Tally};
-use common::rabbit::{Listen, Nodes};
+use common::rabbit::Nodes;
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -37,19 +37,7 @@ async fn say(started: Instant, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_rabbitmq_nodes_lose_one_then_another() {
     let started = Instant::now();
-    let nodes = Arc::new(Mutex::new(Nodes::new()));
-    blocking({
-        let nodes = nodes.clone();
-        move || {
-            let mut n = nodes.lock().unwrap();
-            for _ in 0..3 {
-                n.add(Listen::Plain);
-            }
-            n.wait_all();
-            n.cluster();
-        }
-    })
-    .await;
+    let nodes = Arc::new(Mutex::new(blocking(|| Nodes::clustered(3)).await));
     say(started, "three nodes up and clustered").await;
     let urls: Vec<String> = nodes
         .lock()

@@ -106,23 +106,6 @@ fn proc_count(pid: u32, what: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A gauge of the instance on `port`, zero when it does not answer.
-async fn metric_or_zero(port: u16, name: &str) -> f64 {
-    let Ok(r) = common::http()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    else {
-        return 0.0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The slope per hour of each instance's resident memory once it is
 /// `settle` old, fitted across all its lives at once (least squares with
 /// an intercept per life: restarts do not count as growth); with the
@@ -359,7 +342,10 @@ async fn soak() {
                     s.threads += proc_count(pid, "threads");
                 }
                 for p in ports {
-                    s.tasks += metric_or_zero(p, "bizcall_runtime_tasks").await;
+                    let base = format!("http://127.0.0.1:{p}");
+                    s.tasks += common::metric_if_up(&base, "bizcall_runtime_tasks")
+                        .await
+                        .unwrap_or(0.0);
                 }
                 s.db_connections = sqlx::query_scalar::<_, i64>(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",

@@ -539,17 +539,32 @@ pub fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// A counter or gauge from an instance's `/metrics`, summed over labels.
-pub async fn metric(base: &str, name: &str) -> f64 {
-    get_text(&format!("{base}/metrics"))
+/// A gauge or counter of the instance at `base`, summed over labels;
+/// `None` while it does not answer within 10 s (restarting, or busy).
+pub async fn metric_if_up(base: &str, name: &str) -> Option<f64> {
+    let r = http()
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
         .await
-        .lines()
+        .ok()?;
+    Some(sum_of(&r.text().await.unwrap_or_default(), name))
+}
+
+/// The samples of metric `name` in an exposition `text`, summed.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A counter or gauge from an instance's `/metrics`, summed over labels.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    sum_of(&get_text(&format!("{base}/metrics")).await, name)
 }
 
 /// A counter from an instance's `/metrics` whose labels include `label`

@@ -411,6 +411,18 @@ impl Nodes {
         }
     }
 
+    /// `n` nodes with plain listeners, up and clustered. Blocks for their
+    /// boot: from async code, run it off the runtime.
+    pub fn clustered(n: usize) -> Nodes {
+        let mut nodes = Nodes::new();
+        for _ in 0..n {
+            nodes.add(Listen::Plain);
+        }
+        nodes.wait_all();
+        nodes.cluster();
+        nodes
+    }
+
     /// Joins every node to the first one's cluster.
     pub fn cluster(&mut self) {
         let first = self.nodes[0].name.clone();
