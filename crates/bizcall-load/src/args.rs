@@ -83,6 +83,11 @@ pub(crate) struct RunArgs {
     /// go to the instances in turn.
     #[arg(long)]
     pub(crate) tablets_by_store: bool,
+    /// A shell command started as the sending begins and waited for before
+    /// the report (e.g. `perf record -p PID -- sleep 20`), so what it
+    /// records is the sending phase alone.
+    #[arg(long)]
+    pub(crate) on_send: Option<String>,
 }
 
 #[derive(Args)]

@@ -72,6 +72,101 @@ pub(crate) struct CpuWatch {
     pub(crate) start: Vec<HashMap<u32, f64>>,
     pub(crate) watched: Vec<Watched>,
     pub(crate) at: Instant,
+    machine: MachineWatch,
+}
+
+/// The whole machine over a phase: how busy its cores were, and how many
+/// threads were runnable (`procs_running` of `/proc/stat`, this reader
+/// included), sampled every 100 ms. A run queue longer than the cores
+/// means threads waited for one: the machine, not a process, was the limit.
+struct MachineWatch {
+    busy_idle: Option<(u64, u64)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<Vec<u32>>>,
+}
+
+/// What the machine did over a phase.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Machine {
+    /// Cores busy (user, system, interrupts: all but idle and iowait).
+    pub(crate) cores_busy: Option<f64>,
+    pub(crate) run_queue_mean: f64,
+    pub(crate) run_queue_p90: u32,
+    pub(crate) run_queue_max: u32,
+}
+
+/// (busy, idle) clock ticks summed over all cores.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let idle = f.get(3)? + f.get(4)?;
+    let busy = f.iter().take(8).sum::<u64>() - idle;
+    Some((busy, idle))
+}
+
+fn procs_running() -> Option<u32> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("procs_running "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl MachineWatch {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.extend(procs_running());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            samples
+        });
+        MachineWatch {
+            busy_idle: cpu_ticks(),
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    fn finish(&mut self) -> Machine {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut samples = self
+            .sampler
+            .take()
+            .and_then(|s| s.join().ok())
+            .unwrap_or_default();
+        samples.sort_unstable();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores_busy = match (self.busy_idle, cpu_ticks()) {
+            (Some((b0, i0)), Some((b1, i1))) if b1 + i1 > b0 + i0 => {
+                Some((b1 - b0) as f64 / ((b1 + i1) - (b0 + i0)) as f64 * cores)
+            }
+            _ => None,
+        };
+        let at = |q: f64| {
+            samples
+                .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        Machine {
+            cores_busy,
+            run_queue_mean: samples.iter().map(|&x| x as f64).sum::<f64>()
+                / samples.len().max(1) as f64,
+            run_queue_p90: at(0.9),
+            run_queue_max: samples.last().copied().unwrap_or(0),
+        }
+    }
 }
 
 impl CpuWatch {
@@ -85,7 +180,13 @@ impl CpuWatch {
             start: watched.iter().map(Watched::read).collect(),
             watched,
             at: Instant::now(),
+            machine: MachineWatch::start(),
         }
+    }
+
+    /// The machine over the phase (ends its sampling: call once).
+    pub(crate) fn machine(&mut self) -> Machine {
+        self.machine.finish()
     }
 
     /// Cores used by each process over the phase (1.0 = one core busy).

@@ -128,7 +128,16 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             target: WatchTarget::Pid(c.id()?),
         })
     }));
-    let watch = CpuWatch::start(&watched);
+    let mut watch = CpuWatch::start(&watched);
+    let hook = match &a.on_send {
+        Some(cmd) => Some(
+            tokio::process::Command::new("sh")
+                .args(["-c", cmd])
+                .spawn()
+                .with_context(|| format!("--on-send {cmd}"))?,
+        ),
+        None => None,
+    };
     let mut tally = Tally::new();
     let stamp = (Utc::now() + chrono::Duration::hours(9))
         .format("%Y%m%d%H%M%S")
@@ -220,6 +229,11 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
         }));
     }
     let cores = watch.finish();
+    let machine = watch.machine();
+    if let Some(mut hook) = hook {
+        let status = hook.wait().await?;
+        anyhow::ensure!(status.success(), "--on-send ended with {status}");
+    }
     let delivered = tally.seen.len() as u64;
     let cpu_per_1000 = match (cpu_before, cpu_after) {
         (Some(b), Some(f)) if delivered > 0 => Some((f - b) / delivered as f64 * 1000.0),
@@ -262,6 +276,10 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             "published_to_popup_p99_ms": q(&tally.after_publish, 0.99),
             "cores_used": cores.iter().map(|(n, c)| json!({"process": n, "cores": c})).collect::<Vec<_>>(),
             "instances": instances,
+            "machine_cores_busy": machine.cores_busy,
+            "run_queue_mean": machine.run_queue_mean,
+            "run_queue_p90": machine.run_queue_p90,
+            "run_queue_max": machine.run_queue_max,
         }),
     };
     println!("{}", report::table(std::slice::from_ref(&series)));
@@ -296,6 +314,14 @@ pub(crate) async fn run(a: RunArgs) -> anyhow::Result<()> {
             list.join(", ")
         );
     }
+    println!(
+        "machine while sending: {} of {} cores busy; runnable threads mean {:.1}, p90 {}, max {}",
+        p(machine.cores_busy),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        machine.run_queue_mean,
+        machine.run_queue_p90,
+        machine.run_queue_max,
+    );
     write_json(&a.common.out, &a.name, &series.summary())?;
     drop(workers);
     if let Some(dir) = &a.common.out {

@@ -204,11 +204,11 @@ pub(crate) fn plot(dir: &Path) -> anyhow::Result<()> {
 
     let rate = points(dir, "rate-");
     if !rate.is_empty() {
-        md.push_str("### Rate\n\n| calls/s | deliveries/s | p50 ms | p99 ms | lost | dup | 503s/errors | tablet instance CPU ms / 1000 deliveries | cores: webhook instance / tablet instance / RabbitMQ / PostgreSQL |\n|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("### Rate\n\n| calls/s | deliveries/s | p50 ms | p99 ms | lost | dup | 503s/errors | tablet instance CPU ms / 1000 deliveries | cores: webhook instance / tablet instance / RabbitMQ / PostgreSQL | machine: cores busy / runnable threads mean, p90 |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for (x, v) in &rate {
             let _ = writeln!(
                 md,
-                "| {x} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
+                "| {x} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} / {}, {} |",
                 cell(num(v, "throughput_per_s"), 0),
                 cell(num(v, "p50_ms"), 2),
                 cell(num(v, "p99_ms"), 2),
@@ -220,6 +220,9 @@ pub(crate) fn plot(dir: &Path) -> anyhow::Result<()> {
                 cell(cores(v, "B"), 2),
                 cell(cores(v, "rabbitmq"), 2),
                 cell(cores(v, "postgres"), 2),
+                cell(num(v, "machine_cores_busy"), 2),
+                cell(num(v, "run_queue_mean"), 1),
+                cell(num(v, "run_queue_p90"), 0),
             );
         }
         write(
