@@ -163,23 +163,34 @@ async fn republish_if_unpublished(app: &Intake, cdr: &Cdr) {
     }
 }
 
-/// Publishes a stored change, waiting for it at most `PUBLISH_WAIT`.
+/// Publishes a stored change, waiting at most `PUBLISH_WAIT` for the
+/// broker's confirm (not for the "published" mark written after it: the
+/// mark only spares the relay a republish, so the answer need not wait
+/// for its database round trip).
 async fn publish(app: &Intake, row: &CallRow) {
-    let task = {
+    let (confirmed, on_confirm) = tokio::sync::oneshot::channel();
+    {
         let (app, row) = (app.clone(), row.clone());
         app.tasks
             .clone()
-            .spawn(async move { publish_now(&app, &row).await })
-    };
-    if tokio::time::timeout(PUBLISH_WAIT, task).await.is_err() {
+            .spawn(async move { publish_now(&app, &row, confirmed).await });
+    }
+    // An error (the task ended without a word) means it is over too.
+    if tokio::time::timeout(PUBLISH_WAIT, on_confirm)
+        .await
+        .is_err()
+    {
         tracing::debug!(seq = %row.seq, "broker slow to confirm: answering while the publish goes on");
     }
 }
 
-/// Publishes a stored change and records that it reached the bus.
-async fn publish_now(app: &Intake, row: &CallRow) {
+/// Publishes a stored change, says so on `confirmed` once the bus has it
+/// (or has refused it), then records that it reached the bus.
+async fn publish_now(app: &Intake, row: &CallRow, confirmed: tokio::sync::oneshot::Sender<()>) {
     let event = row.event_at(app.config.bus.message_ttl, crate::clock::now());
-    match app.bus.publish(&BusEvent::Call(event)).await {
+    let published = app.bus.publish(&BusEvent::Call(event)).await;
+    let _ = confirmed.send(());
+    match published {
         Ok(()) => {
             app.trail.received(&row.seq, row.updated_at, true);
             if let Err(e) = app.marks.mark(&row.seq, row.updated_at).await {
