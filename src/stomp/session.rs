@@ -540,10 +540,13 @@ impl Session {
         for (sub, Subscription { ack, store, legacy }) in subs {
             self.next_message += 1;
             let message_id = format!("{}-{}", event.call_id(), self.next_message);
-            let (prefix, body) = match (legacy, event.legacy_json()) {
-                (true, Some(body)) => (LEGACY_PREFIX, body),
-                (true, None) => continue,
-                (false, _) => (DESTINATION_PREFIX, event.json.as_str()),
+            // The legacy body is written only for a tablet that needs it.
+            let (prefix, body) = match legacy {
+                true => match event.legacy_json() {
+                    Some(body) => (LEGACY_PREFIX, body),
+                    None => continue,
+                },
+                false => (DESTINATION_PREFIX, event.json.as_str()),
             };
             let mut f = Frame::new(Command::Message)
                 .header("destination", format!("{prefix}{store}"))
