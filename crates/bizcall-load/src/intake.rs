@@ -66,7 +66,7 @@ pub(crate) async fn intake(a: IntakeArgs) -> anyhow::Result<()> {
 
     // Over HTTP, with a durable OK: first CDRs whose number matches no
     // store (validated, stored, answered; nothing to publish), then CDRs of
-    // the registered store (also published, confirmed and marked first).
+    // the registered store (also published and confirmed before the answer).
     let stored_only = post_cdrs(&a, &run_id, &stamp, "0599999999", "u").await?;
     let published = post_cdrs(&a, &run_id, &stamp, &vn, "h").await?;
     let result = json!({
