@@ -74,6 +74,7 @@ impl Db {
         match self {
             Db::Postgres(pool) => {
                 let (seqs, times): (Vec<String>, Vec<i64>) = marks.iter().cloned().unzip();
+                let mut tx = super::background_tx(pool).await?;
                 sqlx::query(
                     "UPDATE calls SET event_pending = 0 \
                      FROM UNNEST($1::text[], $2::int8[]) AS p(seq, updated_at) \
@@ -81,8 +82,9 @@ impl Db {
                 )
                 .bind(seqs)
                 .bind(times)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
             }
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;

@@ -22,7 +22,16 @@ pub use tokens::{TokenInfo, TokenRow};
 pub use trails::TrailRow;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// Without sqlx's own lock: see [`Db::migrate`].
+static POSTGRES_MIGRATIONS: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        let mut m = sqlx::migrate!("./migrations/postgres");
+        m.set_locking(false);
+        m
+    });
+/// The transaction-level advisory lock migrations on PostgreSQL hold
+/// ("bizcall" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0062_697a_6361_6c6c;
 
 /// How long a request waits for a database connection before it is answered
 /// `503` (the provider then retries).
@@ -279,9 +288,10 @@ impl Db {
 
     /// For a background writer whose rows may be lost in a crash (publish
     /// marks, delivery trails): on PostgreSQL one connection of its own
-    /// beside the pool, so it never holds one a CDR waits for, whose
-    /// commits do not wait for the disk and whose statements are planned
-    /// for each batch's size. On SQLite the same pool (one file, one writer).
+    /// beside the pool, so it never holds one a CDR waits for. Its
+    /// statements run in [`background_tx`] (commits that do not wait for
+    /// the disk, plans made for each batch). On SQLite the same pool (one
+    /// file, one writer).
     pub fn background_writer(&self) -> Db {
         match self {
             Db::Postgres(pool) => Db::Postgres(
@@ -289,15 +299,7 @@ impl Db {
                     .max_connections(1)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .test_before_acquire(false)
-                    .connect_lazy_with((*pool.connect_options()).clone().options([
-                        ("synchronous_commit", "off"),
-                        // A plan cached while `calls` was small (a hash
-                        // join over a sequential scan) stayed in use as the
-                        // table grew: at 200,000 rows each batch of marks
-                        // took ~50 ms and intake fell to 300 CDRs/s. Plan
-                        // each batch for its size.
-                        ("plan_cache_mode", "force_custom_plan"),
-                    ])),
+                    .connect_lazy_with((*pool.connect_options()).clone()),
             ),
             Db::Sqlite(_) => self.clone(),
         }
@@ -306,7 +308,21 @@ impl Db {
     pub async fn migrate(&self) -> Result<()> {
         match self {
             Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
-            Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Db::Postgres(pool) => {
+                // One transaction holding a transaction-level lock, not
+                // sqlx's session lock: through a pooler in transaction mode
+                // (PgBouncer) a session lock is taken on one server
+                // connection and released on another, and the next
+                // instance to start waits for it forever. Each migration
+                // runs in a savepoint of this transaction.
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                POSTGRES_MIGRATIONS.run_direct(&mut *tx).await?;
+                tx.commit().await?;
+            }
         }
         Ok(())
     }
@@ -357,4 +373,30 @@ impl crate::clock::ServerClock for Db {
     async fn read(&self) -> Option<i64> {
         self.clock_ms().await.ok().flatten()
     }
+}
+
+/// A transaction for a background writer's batch on PostgreSQL, with the
+/// writer's settings for that transaction alone (`SET LOCAL`), so they
+/// hold through a pooler in transaction mode (PgBouncer), where session
+/// settings and startup options reach whichever server connection the
+/// pooler picks, or none:
+///
+/// - `synchronous_commit = off`: the batch's commit does not wait for the
+///   disk (a crash may lose a mark or a trail row, never a call);
+/// - `plan_cache_mode = force_custom_plan`: a plan cached while `calls`
+///   was small (a hash join over a sequential scan) stayed in use as the
+///   table grew: at 200,000 rows each batch of marks took ~50 ms and
+///   intake fell to 300 CDRs/s. Each batch is planned for its size.
+pub(crate) async fn background_tx(
+    pool: &sqlx::PgPool,
+) -> std::result::Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // set_config(…, true) is SET LOCAL, both in one round trip.
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'off', true), \
+                set_config('plan_cache_mode', 'force_custom_plan', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
 }

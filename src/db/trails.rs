@@ -55,6 +55,7 @@ impl Db {
                         $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::text[], \
                         $11::int8[]) {upsert}"
                 );
+                let mut tx = super::background_tx(pool).await?;
                 sqlx::query(&sql)
                     .bind(text(|r| &r.seq))
                     .bind(text(|r| &r.instance_id))
@@ -67,8 +68,9 @@ impl Db {
                     .bind(text(|r| &r.token_ids))
                     .bind(text(|r| &r.outcome))
                     .bind(col(|r| Some(r.updated_at)))
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
             }
             Db::Sqlite(pool) => {
                 let sql = format!(
