@@ -7,6 +7,9 @@
 //! The broker is a RabbitMQ node of the test's own (tests/common/rabbit.rs),
 //! never the shared one: stopping it disturbs no other client, and the
 //! node goes, pass or fail, when `nodes` is dropped.
+//!
+//! The second test runs the same with the instances' database connections
+//! through a PgBouncer in transaction mode (tests/common/pgbouncer.rs).
 
 mod common;
 
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{add_stores, print_cdr_rows, provider_post, start_tablets, vn, SentAt, Tally};
 use common::nginx::Nginx;
+use common::pgbouncer::{self, PgBouncer};
 use common::rabbit::Nodes;
 use common::{Backend, Broker, Instance, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -52,15 +56,38 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_behind_nginx_survive_failures() {
+    survive_failures(false).await;
+}
+
+/// The same with the instances' database connections through a PgBouncer
+/// in transaction mode that keeps fewer server connections than one
+/// instance's pool: named prepared statements, the background writers'
+/// settings (per transaction) and every other query must hold up when
+/// each transaction may land on another server connection. The test's
+/// own checks read the database directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_through_pgbouncer_survive_failures() {
+    survive_failures(true).await;
+}
+
+async fn survive_failures(through_pgbouncer: bool) {
     let nodes = tokio::task::block_in_place(Nodes::single);
     let node = &nodes.nodes[0];
     let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::on(&node.url());
     let pool = db.connect().await;
     let tokens = add_stores(&pool, STORES, SERIES, TABLETS_PER_STORE, "cluster").await;
+    let bouncer = match through_pgbouncer {
+        true => Some(PgBouncer::start(db.url()).await),
+        false => None,
+    };
+    let instances_db = match &bouncer {
+        Some(b) => b.url_for(db.url()),
+        None => db.url().to_string(),
+    };
 
     let mut env = broker.env();
-    env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
+    env.push(("BIZCALL_DATABASE__URL".into(), instances_db));
     env.push((
         "BIZCALL_SERVER__TRUSTED_PROXIES".into(),
         "[\"127.0.0.1/32\"]".into(),
@@ -214,6 +241,62 @@ async fn three_instances_behind_nginx_survive_failures() {
         "answered OK but not stored: {missing_rows:?}"
     );
     tally.assert_clean();
+
+    if let Some(bouncer) = &bouncer {
+        let url = url::Url::parse(db.url()).unwrap();
+        let name = url.path().trim_start_matches('/');
+        let user = match url.username() {
+            "" => "postgres",
+            u => u,
+        };
+        // The background writers (published marks, delivery trails) work
+        // through it too: a CDR posted to each instance now is marked
+        // published and in that instance's trail.
+        let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+        let mut last = Vec::new();
+        for (i, port) in cluster.ports.iter().enumerate() {
+            let seq = format!("pgb-last-{i}");
+            let base = format!("http://127.0.0.1:{port}");
+            assert!(
+                provider_post(&[base], 0, &seq, &vn(SERIES, i)).await,
+                "{seq}"
+            );
+            last.push(seq);
+        }
+        common::eventually(Duration::from_secs(20), "marked and trailed", || {
+            let (raw, last) = (raw.clone(), last.clone());
+            async move {
+                let marked: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM calls WHERE seq = ANY($1) AND event_pending = 0",
+                )
+                .bind(&last)
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+                let trailed: i64 = sqlx::query_scalar(
+                    "SELECT count(DISTINCT seq) FROM call_trail \
+                     WHERE seq = ANY($1) AND published_at IS NOT NULL",
+                )
+                .bind(&last)
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+                marked == 3 && trailed == 3
+            }
+        })
+        .await;
+        raw.close().await;
+        let stats = bouncer.stats(name, user);
+        println!("PgBouncer for {name}: {stats:?}");
+        // Every CDR is at least one transaction through it, and the
+        // instances' named statements went through its tracking.
+        assert!(stats.transactions >= ok.len() as u64, "{stats:?}");
+        assert!(stats.client_parses > 0, "{stats:?}");
+        assert!(
+            stats.server_connections <= u64::from(pgbouncer::SERVER_CONNECTIONS),
+            "{stats:?}"
+        );
+    }
 
     drop(cluster);
     pool.close().await;

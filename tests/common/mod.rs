@@ -7,6 +7,7 @@ pub mod checker;
 pub mod fault;
 pub mod fleet;
 pub mod nginx;
+pub mod pgbouncer;
 pub mod rabbit;
 pub mod relay;
 pub mod stomp;
