@@ -10,6 +10,10 @@
 //! way, so that each of its bindings takes a round trip of 80 ms or more:
 //! longer than a tablet takes from CONNECT to its SUBSCRIBE receipt, so calls
 //! fall into that window, and only the replay brings them.
+//!
+//! The second test measures the bindings under store churn (50 tablet
+//! visits a second on one instance) with stores that come back within
+//! `amqp.unbind_grace` and stores that come back after it.
 
 mod common;
 
@@ -245,6 +249,144 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
 
     drop(a);
     drop(b);
+    broker.cleanup().await;
+    db.cleanup().await;
+}
+
+/// One churn phase: every 20 ms (50 a second) a tablet of the next store
+/// of `stores` (in turn) connects, subscribes, stays `HOLD` and leaves,
+/// for `CHURN_FOR`. Returns how many tablets came.
+async fn store_churn(ws: &str, stores: std::ops::Range<usize>, tokens: &[String]) -> usize {
+    let until = Instant::now() + CHURN_FOR;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut visits = Vec::new();
+    let mut store = stores.start;
+    while Instant::now() < until {
+        tick.tick().await;
+        let (ws, token) = (ws.to_string(), tokens[store].clone());
+        let slug = format!("b{store}");
+        visits.push(tokio::spawn(async move {
+            let mut c = Client::open(&ws, None, None).await;
+            c.connect(&token).await;
+            c.subscribe(&slug, "0", "auto").await;
+            tokio::time::sleep(HOLD).await;
+        }));
+        store = if store + 1 == stores.end {
+            stores.start
+        } else {
+            store + 1
+        };
+    }
+    let n = visits.len();
+    for v in visits {
+        v.await.unwrap();
+    }
+    n
+}
+
+const CHURN_FOR: Duration = Duration::from_secs(10);
+const HOLD: Duration = Duration::from_millis(200);
+/// `amqp.unbind_grace` in the churn test.
+const GRACE: Duration = Duration::from_secs(2);
+/// Stores that come back within the grace (each every 0.2 s)…
+const NEAR: usize = 10;
+/// …and stores that come back after it (each every 5 s).
+const FAR: usize = 250;
+
+/// Tablet churn on one store-routed instance, stores coming and going at
+/// 50 a second, measured in bindings (issue: "must not turn into more than
+/// a bounded binding rate"). Two phases of 10 s, 500 tablet visits each:
+/// 10 stores whose tablets come back within `amqp.unbind_grace` are each
+/// bound once, however often their tablets reconnect; 250 stores whose
+/// tablets come back after it bind at most once per visit and unbind at
+/// most once per binding; after the grace nothing stays bound. Prints the
+/// rates (BENCHMARKS.md, "Tablet churn and bindings").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_churn_binds_at_most_once_per_store_visit() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let broker = Broker::new();
+    let pool = db.connect().await;
+    let mut tokens = Vec::new();
+    for s in 0..NEAR + FAR {
+        let slug = format!("b{s}");
+        pool.store_add(&slug, &slug, &[vn("0507200", s)])
+            .await
+            .unwrap();
+        tokens.push(pool.token_issue(&slug, "t").await.unwrap().1);
+    }
+    pool.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = broker.env();
+    env.push(("BIZCALL_DATABASE__URL".into(), db.url().to_string()));
+    env.push(("BIZCALL_AMQP__ROUTING".into(), "store".into()));
+    env.push((
+        "BIZCALL_AMQP__UNBIND_GRACE".into(),
+        format!("{}s", GRACE.as_secs()),
+    ));
+    env.push((
+        "BIZCALL_STOMP__MAX_CONNECTIONS_PER_ADDRESS".into(),
+        "0".into(),
+    ));
+    let a = Instance::spawn(dir.path(), &common::env_refs(&env));
+    common::bus_up(&a.base(), Duration::from_secs(60)).await;
+    let ws = format!("ws://{}/ws", a.addr);
+    let base = a.base();
+    let count = |op: &'static str| {
+        let base = base.clone();
+        async move {
+            common::metric_labelled(&base, "bizcall_bus_bindings_total", &format!("op=\"{op}\""))
+                .await as usize
+        }
+    };
+
+    // Near: each store's tablets come back 0.2 s after they left.
+    let started = Instant::now();
+    let near_visits = store_churn(&ws, 0..NEAR, &tokens).await;
+    let near_secs = started.elapsed().as_secs_f64();
+    let (near_binds, near_unbinds) = (count("bind").await, count("unbind").await);
+    println!(
+        "near: {near_visits} visits of {NEAR} stores in {near_secs:.1} s: \
+         {near_binds} binds, {near_unbinds} unbinds"
+    );
+    assert!(near_binds <= NEAR, "{near_binds} binds for {NEAR} stores");
+    assert!(near_binds > 0, "no binding at all");
+    assert_eq!(
+        near_unbinds, 0,
+        "a store unbound while its tablets came back"
+    );
+
+    // Far: each store's tablets come back 4.8 s after they left.
+    let started = Instant::now();
+    let far_visits = store_churn(&ws, NEAR..NEAR + FAR, &tokens).await;
+    let far_secs = started.elapsed().as_secs_f64();
+    let (binds, unbinds) = (count("bind").await, count("unbind").await);
+    let (far_binds, far_unbinds) = (binds - near_binds, unbinds - near_unbinds);
+    println!(
+        "far: {far_visits} visits of {FAR} stores in {far_secs:.1} s: {far_binds} binds \
+         ({:.1}/s), {far_unbinds} unbinds ({:.1}/s)",
+        far_binds as f64 / far_secs,
+        far_unbinds as f64 / far_secs,
+    );
+    assert!(
+        far_binds <= far_visits,
+        "{far_binds} binds for {far_visits} visits"
+    );
+    assert!(
+        far_binds >= FAR.min(far_visits),
+        "{far_binds} binds for {FAR} stores"
+    );
+    assert!(unbinds <= binds, "{unbinds} unbinds, {binds} binds");
+
+    // After the grace, nothing stays bound.
+    common::eventually(GRACE * 5, "every store unbound", || async {
+        common::metric(&base, "bizcall_bus_bound_stores").await == 0.0
+    })
+    .await;
+    let (binds, unbinds) = (count("bind").await, count("unbind").await);
+    println!("after the grace: {binds} binds, {unbinds} unbinds in all");
+    assert_eq!(binds, unbinds, "every binding removed once");
+
+    drop(a);
     broker.cleanup().await;
     db.cleanup().await;
 }
