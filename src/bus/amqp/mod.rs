@@ -255,13 +255,13 @@ async fn supervise(inner: Arc<Inner>, mut next: Option<Link>) {
 /// At most this many connection attempts at once while reconnecting:
 /// enough that a new one can always start while older ones hang until
 /// their `CONNECT_TIMEOUT`.
-const ATTEMPTS_AT_ONCE: usize = 6;
+const ATTEMPTS_AT_ONCE: usize = 12;
 
 /// While an attempt hangs (a broker that accepts and then says nothing),
 /// another starts this often: the first to answer wins, so a link comes
 /// back within seconds of the network healing, not at the hung attempt's
 /// timeout.
-const HEDGE_EVERY: Duration = Duration::from_secs(2);
+const HEDGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Connects again after a loss, with backoff between failed attempts and
 /// hedged attempts while one hangs. `None` when the instance stops.
