@@ -9,12 +9,9 @@ ensure_cargo_deb() {
     fi
 }
 
-# Debian's prometheus package gives promtool and the server the tests start
-# on their own ports. Its own service must not stay running on port 9090:
-# policy-rc.d keeps it from starting during the install, and it is stopped
-# and disabled should it run all the same.
-ensure_prometheus() {
-    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then return; fi
+# Installs Debian packages without starting their services: policy-rc.d
+# (when there is none already) refuses every start during the install.
+apt_install_stopped() {
     if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
     local guard=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -22,8 +19,17 @@ ensure_prometheus() {
         $SUDO chmod 755 /usr/sbin/policy-rc.d
         guard=1
     fi
-    apt_install prometheus
+    apt_install "$@"
     if [ -n "$guard" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+}
+
+# Debian's prometheus package gives promtool and the server the tests start
+# on their own ports. Its own service must not stay running on port 9090:
+# policy-rc.d keeps it from starting during the install, and it is stopped
+# and disabled should it run all the same.
+ensure_prometheus() {
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then return; fi
+    apt_install_stopped prometheus
     if [ -d /run/systemd/system ]; then
         $SUDO systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
     fi
@@ -49,16 +55,8 @@ ensure_pgbouncer() {
         return 0
     fi
     if [ -n "$candidate" ] && [ "$candidate" != "(none)" ] && dpkg --compare-versions "$candidate" ge 1.21; then
-        if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
         # Its service must not start: the tests run their own.
-        local guard=
-        if [ ! -e /usr/sbin/policy-rc.d ]; then
-            printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-            $SUDO chmod 755 /usr/sbin/policy-rc.d
-            guard=1
-        fi
-        apt_install pgbouncer
-        if [ -n "$guard" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+        apt_install_stopped pgbouncer
         export BIZCALL_TEST_PGBOUNCER=/usr/sbin/pgbouncer
         return 0
     fi

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::fleet::vn;
+use common::fleet::{add_stores, vn};
 use common::relay::Relay;
 use common::stomp::Client;
 use common::{Backend, Broker, Instance, TestDb};
@@ -256,23 +256,27 @@ async fn tablets_churning_miss_nothing_and_get_nothing_twice() {
 /// One churn phase: every 20 ms (50 a second) a tablet of the next store
 /// of `stores` (in turn) connects, subscribes, stays `HOLD` and leaves,
 /// for `CHURN_FOR`. Returns how many tablets came.
-async fn store_churn(ws: &str, stores: std::ops::Range<usize>, tokens: &[String]) -> usize {
+async fn store_churn(
+    ws: &str,
+    range: std::ops::Range<usize>,
+    stores: &[(String, Vec<String>)],
+) -> usize {
     let until = Instant::now() + CHURN_FOR;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut visits = Vec::new();
-    let mut store = stores.start;
+    let mut store = range.start;
     while Instant::now() < until {
         tick.tick().await;
-        let (ws, token) = (ws.to_string(), tokens[store].clone());
-        let slug = format!("b{store}");
+        let (slug, tokens) = stores[store].clone();
+        let (ws, token) = (ws.to_string(), tokens[0].clone());
         visits.push(tokio::spawn(async move {
             let mut c = Client::open(&ws, None, None).await;
             c.connect(&token).await;
             c.subscribe(&slug, "0", "auto").await;
             tokio::time::sleep(HOLD).await;
         }));
-        store = if store + 1 == stores.end {
-            stores.start
+        store = if store + 1 == range.end {
+            range.start
         } else {
             store + 1
         };
@@ -306,14 +310,7 @@ async fn store_churn_binds_at_most_once_per_store_visit() {
     let db = TestDb::new(Backend::Postgres).await;
     let broker = Broker::new();
     let pool = db.connect().await;
-    let mut tokens = Vec::new();
-    for s in 0..NEAR + FAR {
-        let slug = format!("b{s}");
-        pool.store_add(&slug, &slug, &[vn("0507200", s)])
-            .await
-            .unwrap();
-        tokens.push(pool.token_issue(&slug, "t").await.unwrap().1);
-    }
+    let stores = add_stores(&pool, NEAR + FAR, "0507200", 1, "t").await;
     pool.close().await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = broker.env();
@@ -341,7 +338,7 @@ async fn store_churn_binds_at_most_once_per_store_visit() {
 
     // Near: each store's tablets come back 0.2 s after they left.
     let started = Instant::now();
-    let near_visits = store_churn(&ws, 0..NEAR, &tokens).await;
+    let near_visits = store_churn(&ws, 0..NEAR, &stores).await;
     let near_secs = started.elapsed().as_secs_f64();
     let (near_binds, near_unbinds) = (count("bind").await, count("unbind").await);
     println!(
@@ -357,7 +354,7 @@ async fn store_churn_binds_at_most_once_per_store_visit() {
 
     // Far: each store's tablets come back 4.8 s after they left.
     let started = Instant::now();
-    let far_visits = store_churn(&ws, NEAR..NEAR + FAR, &tokens).await;
+    let far_visits = store_churn(&ws, NEAR..NEAR + FAR, &stores).await;
     let far_secs = started.elapsed().as_secs_f64();
     let (binds, unbinds) = (count("bind").await, count("unbind").await);
     let (far_binds, far_unbinds) = (binds - near_binds, unbinds - near_unbinds);

@@ -50,10 +50,7 @@ impl PgBouncer {
         let url = url::Url::parse(server_url).expect("PostgreSQL URL");
         let host = url.host_str().unwrap_or("127.0.0.1");
         let port = url.port().unwrap_or(5432);
-        let user = match url.username() {
-            "" => "postgres",
-            u => u,
-        };
+        let user = user_of(&url);
         let dir = tempfile::tempdir().expect("pgbouncer dir");
         let listen = super::free_port();
         let ini = format!(
@@ -115,8 +112,12 @@ impl PgBouncer {
         u.to_string()
     }
 
-    /// What PgBouncer's admin console says of `database` now.
-    pub fn stats(&self, database: &str, user: &str) -> Stats {
+    /// What PgBouncer's admin console says now of the database of `url`
+    /// (as reached directly).
+    pub fn stats(&self, url: &str) -> Stats {
+        let url = url::Url::parse(url).expect("PostgreSQL URL");
+        let database = url.path().trim_start_matches('/');
+        let user = user_of(&url);
         let console = format!("postgres://{user}@127.0.0.1:{}/pgbouncer", self.port);
         // One row of `sql`'s answer (the one for `database`), by column name.
         let row = |sql: &str| -> std::collections::HashMap<String, u64> {
@@ -153,6 +154,14 @@ impl PgBouncer {
                 .map(|k| n(&pools, k))
                 .sum(),
         }
+    }
+}
+
+/// The role a PostgreSQL URL logs in as (`postgres` when it names none).
+fn user_of(url: &url::Url) -> &str {
+    match url.username() {
+        "" => "postgres",
+        u => u,
     }
 }
 
